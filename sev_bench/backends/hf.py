@@ -1,0 +1,128 @@
+"""Batched greedy generation with Hugging Face transformers (the hookable backend).
+
+Prompts are chat-templated with `add_generation_prompt=True`, left-padded, and generated in batches.
+Within a call, prompts are sorted by length so that each batch carries little padding; replies come
+back in the caller's order. On out-of-memory the batch size halves and the batch is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..models import LoadedModel
+
+Messages = list[dict[str, str]]
+
+DEFAULT_MAX_NEW_TOKENS = 100  # the protocol's
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings; greedy always. Extra keys (e.g. `repetition_penalty`, `min_new_tokens`,
+    `no_repeat_ngram_size`, which the paper's steering runs use) go to `model.generate` as they are."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"do_sample": False, "max_new_tokens": self.max_new_tokens, **self.extra}
+
+
+@dataclass
+class Encoded:
+    input_ids: object  # LongTensor [batch, seq], left-padded
+    attention_mask: object  # LongTensor [batch, seq]
+
+
+def render_prompt(tokenizer, messages: Messages) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class HFGenerator:
+    name = "hf"
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 16, config: GenerationConfig | None = None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.loaded = loaded
+        self.batch_size = batch_size
+        self.config = config or GenerationConfig()
+
+    @property
+    def device(self):
+        return next(self.loaded.model.parameters()).device
+
+    def encode(self, prompts: Sequence[str]) -> Encoded:
+        tokenizer = self.loaded.tokenizer
+        batch = tokenizer(
+            list(prompts), return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left"
+        )
+        return Encoded(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+
+    def _generate_batch(self, prompts: Sequence[str]) -> list[str]:
+        import torch
+
+        tokenizer = self.loaded.tokenizer
+        encoded = self.encode(prompts)
+        settings = self.config.as_dict()
+        with torch.inference_mode():
+            output = self.loaded.model.generate(
+                input_ids=encoded.input_ids,
+                attention_mask=encoded.attention_mask,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=self.loaded.model.generation_config.eos_token_id or tokenizer.eos_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                **settings,
+            )
+        new_tokens = output[:, encoded.input_ids.shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def generate(
+        self,
+        conversations: Sequence[Messages],
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+    ) -> list[str]:
+        """Replies to `conversations`, in order. `on_batch(indices, replies)` is called after each
+        batch (for progress and incremental saving)."""
+        tokenizer = self.loaded.tokenizer
+        prompts = [render_prompt(tokenizer, messages) for messages in conversations]
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        replies: list[str | None] = [None] * len(prompts)
+        start = 0
+        while start < len(order):
+            indices = order[start : start + self.batch_size]
+            try:
+                batch_replies = self._generate_batch([prompts[i] for i in indices])
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_out_of_memory(exc) or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                print(f"out of memory; retrying with --batch-size {self.batch_size}", flush=True)
+                _free_cached_memory()
+                continue
+            for i, reply in zip(indices, batch_replies):
+                replies[i] = reply
+            if on_batch is not None:
+                on_batch(indices, batch_replies)
+            start += len(indices)
+        return replies  # type: ignore[return-value]
+
+
+def _free_cached_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,50 @@
+"""Every chat message the paper's protocol uses, in one place (protocol.md sections 2 and 4)."""
+
+from __future__ import annotations
+
+EMOTIONS: tuple[str, ...] = ("anger", "sadness", "happiness", "fear", "surprise", "disgust")
+VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
+
+# Step 1 / prompting baseline: the emotion is named in the system prompt.
+PROMPTING_SYSTEM_TEMPLATE = "Always reply in {emotion}.\nKeep the reply to at most two sentences."
+
+# No emotion in the prompt: the circuit-modulation and sublayer-importance scripts use this one; the
+# `none` baseline uses it too, so its replies show the model's natural emotion rate.
+NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
+
+# The steering script's literal, unstripped system prompt (kept byte for byte for reproduction).
+STEERING_SYSTEM = "\n    Keep the reply to at most two sentences.\n    "
+
+# The paper's GPT-4o-mini judge (section 4).
+JUDGE_SYSTEM = (
+    "You are a careful rater.\nGiven a target emotion and a text,\n"
+    "decide if the text's STYLE matches the target emotion among:\n"
+    "['anger', 'sadness', 'happiness', 'fear', 'surprise', 'disgust']\n"
+    "Focus on tone/attitude, not content valence."
+)
+JUDGE_USER_TEMPLATE = (
+    "Target emotion: {emotion}\nText:\n{text}\n"
+    "Decide if the text's STYLE matches the target emotion.\n"
+    "Return a compact JSON with keys exactly:\n"
+    '{{"match": <0 or 1>, "reason": <short string>}}'
+)
+
+
+def user_message(scenario: str, event: str) -> str:
+    """The user turn of every method: the neutral scenario, a newline, the valenced event."""
+    return f"{scenario}\n{event}"
+
+
+def chat(system: str, scenario: str, event: str) -> list[dict[str, str]]:
+    """A system + user chat in the format of `tokenizer.apply_chat_template`."""
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user_message(scenario, event)},
+    ]
+
+
+def judge_messages(text: str, emotion: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": JUDGE_USER_TEMPLATE.format(emotion=emotion, text=text)},
+    ]

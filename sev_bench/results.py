@@ -1,0 +1,182 @@
+"""The run directory: versioned `results.json`, append-only `samples.jsonl`, `summary.md`.
+
+Resume contract: `run.json` (written when the run starts) pins the run's identity (method, params,
+model, scorer, data, generation settings); a rerun into the same dir with the same identity skips
+every sample already in `samples.jsonl` and appends the rest; a different identity is refused.
+A kill can leave at most a torn last line in `samples.jsonl`: it is dropped on resume (that sample is
+redone). `results.json` and `summary.md` are written atomically and only when every sample is in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .prompts import EMOTIONS, VALENCES
+
+SCHEMA_VERSION = "1.0"
+SAMPLE_FIELDS = (
+    "id",
+    "skeleton_id",
+    "theme",
+    "valence",
+    "target_emotion",
+    "messages",
+    "completion",
+    "predicted_emotion",
+    "probs",
+    "correct",
+)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8")
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class RunDir:
+    """One run's output folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.samples_path = self.path / "samples.jsonl"
+        self.identity_path = self.path / "run.json"
+        self.results_path = self.path / "results.json"
+        self.summary_path = self.path / "summary.md"
+
+    def start(self, identity: dict) -> None:
+        """Claim the dir for a run with `identity`, or confirm it is the same run (resume)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--output-dir {self.path} exists and is not a folder")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.identity_path.exists():
+            try:
+                previous = json.loads(self.identity_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise UserError(f"{self.identity_path} is unreadable; use a new --output-dir") from None
+            if previous != json.loads(json.dumps(identity)):
+                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+                raise UserError(
+                    f"--output-dir {self.path} holds a different run (differs in: {', '.join(changed)}); "
+                    "use a new --output-dir"
+                )
+        elif self.samples_path.exists() or self.results_path.exists():
+            raise UserError(f"--output-dir {self.path} holds results of an unknown run; use a new --output-dir")
+        else:
+            write_json(self.identity_path, identity)
+
+    def completed(self) -> dict[str, dict]:
+        """Samples already written, by id. A torn last line (a kill mid-write) is cut off the file."""
+        if not self.samples_path.exists():
+            return {}
+        done: dict[str, dict] = {}
+        good_bytes = 0
+        with open(self.samples_path, "rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("torn line")
+                except ValueError:
+                    break  # only the last line can be torn: appends are whole lines
+                done.setdefault(record["id"], record)
+                good_bytes += len(raw)
+        if good_bytes != self.samples_path.stat().st_size:
+            with open(self.samples_path, "r+b") as handle:
+                handle.truncate(good_bytes)
+        return done
+
+    def append(self, records: list[dict]) -> None:
+        """Append finished samples durably (one write, flushed and fsynced)."""
+        if not records:
+            return
+        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with open(self.samples_path, "a", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, results: dict, summary: str) -> None:
+        write_atomic(self.summary_path, summary)
+        write_json(self.results_path, results)  # last: its presence means the run is complete
+
+
+def load_results(path: str | Path) -> dict:
+    """A results.json (or the one inside a run dir), checked against the schema version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no results.json (an unfinished run has none)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable results file ({exc})") from None
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION!r}")
+    return data
+
+
+def _pct(cell: dict | None) -> str:
+    if not cell or cell.get("acc") is None:
+        return "-"
+    return f"{100 * cell['acc']:.1f}"
+
+
+def summary_markdown(results: dict) -> str:
+    """People's view of a run: the valence x emotion accuracy table with counts and 95% intervals."""
+    accuracy = results["metrics"]["accuracy"]
+    emotions = [e for e in EMOTIONS if e in accuracy["by_emotion"]]
+    valences = [v for v in VALENCES if v in accuracy["by_valence"]]
+    spec = results["spec"]
+    overall = accuracy["overall"]
+    lines = [
+        f"# sev-bench run: {spec['method']['name']} on {spec['model']['id']}",
+        "",
+        f"- split: {spec['dataset']['split']} ({overall['n']} replies), scorer: {spec['scorer']['id']}, "
+        f"backend: {spec['backend']['name']} ({spec['model']['dtype']}, {spec['hardware']['device']})",
+        f"- overall accuracy: **{_pct(overall)}%** "
+        f"(95% CI {100 * overall['ci95'][0]:.1f}-{100 * overall['ci95'][1]:.1f}, {overall['correct']}/{overall['n']})",
+        f"- wall time: {results['timings']['total_s']:.0f} s "
+        f"(generation {results['timings']['generation_s']:.0f} s, scoring {results['timings']['scoring_s']:.0f} s)",
+        "",
+        "Accuracy (%) = share of replies whose predicted emotion is the target, by valence context:",
+        "",
+        "| valence | " + " | ".join(emotions) + " | all |",
+        "| --- | " + " | ".join("---:" for _ in emotions) + " | ---: |",
+    ]
+    for valence in valences:
+        row = accuracy["by_valence_emotion"][valence]
+        cells = [_pct(row.get(e)) for e in emotions] + [f"**{_pct(accuracy['by_valence'][valence])}**"]
+        lines.append(f"| {valence} | " + " | ".join(cells) + " |")
+    cells = [f"**{_pct(accuracy['by_emotion'][e])}**" for e in emotions] + [f"**{_pct(overall)}**"]
+    lines.append("| all | " + " | ".join(cells) + " |")
+    predicted = results["metrics"].get("predicted_share")
+    if predicted:
+        lines += [
+            "",
+            "Share of replies (%) the scorer assigns to each emotion, whatever the target:",
+            "",
+            "| " + " | ".join(predicted) + " |",
+            "| " + " | ".join("---:" for _ in predicted) + " |",
+            "| " + " | ".join(f"{100 * share:.1f}" for share in predicted.values()) + " |",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,329 @@
+"""`sev-bench run`: select SEV rows, generate with a method, score, and write a resumable run dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
+from .errors import UserError
+from .methods import MethodConfig, resolve_method
+from .metrics import grouped_accuracy
+from .prompts import EMOTIONS, VALENCES
+from .results import SCHEMA_VERSION, RunDir, summary_markdown
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class RunRequest:
+    method: str = "prompting"
+    model: str = "smollm2-135m"
+    split: str = "test"
+    limit: int | None = None
+    emotions: list[str] | None = None
+    valences: list[str] | None = None
+    batch_size: int = 16
+    scorer: str = "minilm-probe"
+    output_dir: str | None = None
+    seed: int = 1234  # the protocol's
+    dtype: str = "auto"
+    device: str = "auto"
+    data_dir: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+def _check_names(given: list[str] | None, allowed: tuple[str, ...], what: str) -> list[str]:
+    if not given:
+        return list(allowed)
+    for name in given:
+        if name not in allowed:
+            raise UserError(f"unknown {what} {name!r}; expected one of {', '.join(allowed)}")
+    return [name for name in allowed if name in given]
+
+
+def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | None) -> list[dict]:
+    """Rows of one split in dataset order (skeleton-major: 18 rows cover one skeleton), filtered,
+    then the first `limit`."""
+    valence_names = dataset.features["valence"].names
+    emotion_names = dataset.features["target_emotion"].names
+    theme_names = dataset.features["theme"].names
+    rows = []
+    for row in dataset:
+        row = {
+            **row,
+            "valence": valence_names[row["valence"]],
+            "target_emotion": emotion_names[row["target_emotion"]],
+            "theme": theme_names[row["theme"]],
+        }
+        if row["valence"] in valences and row["target_emotion"] in emotions:
+            rows.append(row)
+    return rows[:limit] if limit is not None else rows
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(text).name if c)[:40].strip("-")
+
+
+def default_output_dir(identity: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{identity['method']['name']}_{_slug(identity['model'])}_{identity['split']}_{digest}"
+    return Path("sev-bench-runs") / name
+
+
+def _git_state() -> dict:
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "sev-bench": __version__}
+    for package in ("torch", "transformers", "datasets", "tokenizers", "scikit-learn", "sentence-transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _hardware(device) -> dict:
+    import torch
+
+    info = {"device": str(device), "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    if str(device).startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Progress:
+    """A tqdm bar over replies (stderr), or nothing."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="reply", desc="generating", file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(request: RunRequest) -> tuple[dict, Path]:
+    """Run (or resume) one benchmark run; returns (results, output dir)."""
+    # Cheap checks first, so that a typo fails before any model or scorer loads.
+    method_config: MethodConfig = resolve_method(request.method, request.overrides)
+    if request.split not in SPLITS:
+        raise UserError(f"unknown split {request.split!r}; expected one of {', '.join(SPLITS)}")
+    emotions = _check_names(request.emotions, EMOTIONS, "emotion")
+    valences = _check_names(request.valences, VALENCES, "valence")
+    if request.limit is not None and request.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if request.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if "hf" not in method_config.method.backends:
+        raise UserError(f"method {method_config.name!r} does not run on the hf backend")
+
+    dataset = load_sev(request.data_dir)[request.split]
+    rows = select_rows(dataset, emotions, valences, request.limit)
+    if not rows:
+        raise UserError("the selection (--split/--emotions/--valences/--limit) has no rows")
+    fingerprint = dataset_fingerprint(request.data_dir)
+
+    from .scoring import load_scorer
+
+    scorer = load_scorer(request.scorer, data_dir=request.data_dir)
+
+    identity = {
+        "method": {k: v for k, v in method_config.as_dict().items() if k != "source"},
+        "model": request.model,
+        "dtype": request.dtype,
+        "split": request.split,
+        "selection": {"emotions": emotions, "valences": valences, "limit": request.limit},
+        "dataset_sha256": fingerprint,
+        "scorer": {"id": scorer.id, "sha256": scorer.sha256},
+        "seed": request.seed,
+    }
+    run_dir = RunDir(request.output_dir or default_output_dir(identity))
+    run_dir.start(identity)
+    done = run_dir.completed()
+    todo = [row for row in rows if row["id"] not in done]
+
+    started = time.perf_counter()
+    timings = {"model_load_s": 0.0, "generation_s": 0.0, "scoring_s": 0.0}
+    model_info, hardware, generator = None, None, None
+    _seed_everything(request.seed)
+    if todo:
+        from .backends.hf import HFGenerator
+        from .models import load_model
+
+        load_start = time.perf_counter()
+        loaded = load_model(request.model, dtype=request.dtype, device=request.device)
+        timings["model_load_s"] = time.perf_counter() - load_start
+        generator = HFGenerator(loaded, request.batch_size, method_config.generation)
+        _generate_and_score(generator, method_config, scorer, todo, run_dir, timings, request.progress, len(done), len(rows))
+        model_info = _model_info(loaded, request.dtype)
+        hardware = _hardware(generator.device)
+    else:
+        print(f"all {len(rows)} replies already in {run_dir.samples_path}; computing results", file=sys.stderr)
+
+    done = run_dir.completed()
+    samples = [done[row["id"]] for row in rows if row["id"] in done]
+    if len(samples) != len(rows):  # cannot happen unless the file was edited during the run
+        raise UserError(f"{run_dir.samples_path} lacks {len(rows) - len(samples)} replies; rerun to finish")
+    if model_info is None:  # fully resumed: describe the model without loading its weights
+        model_info = {"id": request.model, "dtype": request.dtype, "revision": None}
+        hardware = {"device": request.device}
+    timings["total_s"] = time.perf_counter() - started
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spec": {
+            "method": {**method_config.as_dict(), "config_hash": method_config.config_hash},
+            "model": model_info,
+            "backend": {"name": "hf", "batch_size": generator.batch_size if generator else request.batch_size},
+            "generation": {**method_config.generation.as_dict(), **(_template_info(generator) if generator else {})},
+            "dataset": {
+                "name": "SEV",
+                "source": SOURCE_REPOSITORY,
+                "commit": PINNED_COMMIT,
+                "split": request.split,
+                "sha256": fingerprint,
+                "selection": identity["selection"],
+                "n": len(rows),
+            },
+            "scorer": scorer.info(),
+            "seed": request.seed,
+            "hardware": hardware,
+            "software": _versions(),
+            "git": _git_state(),
+            "command": sys.argv[1:] if Path(sys.argv[0]).name in ("sev-bench", "__main__.py") else None,
+        },
+        "metrics": {
+            "accuracy": grouped_accuracy(samples),
+            "predicted_share": _predicted_share(samples),
+        },
+        "timings": {**timings, "samples_reused": len(rows) - len(todo)},
+        "samples_file": run_dir.samples_path.name,
+    }
+    run_dir.finish(results, summary_markdown(results))
+    return results, run_dir.path
+
+
+def _model_info(loaded, dtype_requested: str) -> dict:
+    model = loaded.model
+    return {
+        "id": loaded.model_id,
+        "revision": loaded.revision,
+        "source": loaded.source,
+        "architecture": model.config.model_type,
+        "num_parameters": model.num_parameters(),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype_requested": dtype_requested,
+    }
+
+
+def _template_info(generator) -> dict:
+    template = generator.loaded.tokenizer.chat_template or ""
+    return {"chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+
+
+def _predicted_share(samples: list[dict]) -> dict[str, float]:
+    labels = list(samples[0]["probs"]) if samples else list(EMOTIONS)
+    return {label: sum(s["predicted_emotion"] == label for s in samples) / len(samples) for label in labels}
+
+
+def _generate_and_score(generator, method_config, scorer, todo, run_dir, timings, progress, n_done, n_total):
+    """Generate replies for `todo` rows, score each batch and append it to samples.jsonl at once.
+
+    Rows whose chat is identical (the `none` method sends one chat for all six targets) share one
+    generation: greedy decoding without interventions gives the same reply anyway."""
+    method = method_config.method
+    conversations: list[list[dict]] = []
+    rows_of_conversation: list[list[dict]] = []
+    index_of_chat: dict[str, int] = {}
+    for row in todo:
+        messages = method.messages(row, row["target_emotion"])
+        key = json.dumps(messages) if not method.uses_target_in_prompt else row["id"]
+        if key not in index_of_chat:
+            index_of_chat[key] = len(conversations)
+            conversations.append(messages)
+            rows_of_conversation.append([])
+        rows_of_conversation[index_of_chat[key]].append(row)
+
+    bar = _Progress(n_total, n_done, progress)
+
+    def save_batch(indices: list[int], replies: list[str]) -> None:
+        score_start = time.perf_counter()
+        batch_rows, texts = [], []
+        for index, reply in zip(indices, replies):
+            for row in rows_of_conversation[index]:
+                batch_rows.append((row, conversations[index]))
+                texts.append(reply)
+        scores = scorer.score(texts, [row["target_emotion"] for row, _ in batch_rows])
+        records = [
+            {
+                "id": row["id"],
+                "skeleton_id": row["skeleton_id"],
+                "theme": row["theme"],
+                "valence": row["valence"],
+                "target_emotion": row["target_emotion"],
+                "messages": messages,
+                "completion": text,
+                **score,
+            }
+            for (row, messages), text, score in zip(batch_rows, texts, scores)
+        ]
+        run_dir.append(records)
+        timings["scoring_s"] += time.perf_counter() - score_start
+        bar.update(len(records))
+
+    generation_start = time.perf_counter()
+    try:
+        generator.generate(conversations, on_batch=save_batch)
+    finally:
+        bar.close()
+    timings["generation_s"] = time.perf_counter() - generation_start - timings["scoring_s"]
