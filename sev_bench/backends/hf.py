@@ -54,6 +54,7 @@ class HFGenerator:
         self.loaded = loaded
         self.batch_size = batch_size
         self.config = config or GenerationConfig()
+        self.new_token_count = 0  # generated tokens up to and including each reply's EOS (throughput)
 
     @property
     def device(self):
@@ -77,14 +78,21 @@ class HFGenerator:
                 input_ids=encoded.input_ids,
                 attention_mask=encoded.attention_mask,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=self.loaded.model.generation_config.eos_token_id or tokenizer.eos_token_id,
+                eos_token_id=settings_eos(self.loaded),
                 temperature=None,
                 top_p=None,
                 top_k=None,
                 **settings,
             )
         new_tokens = output[:, encoded.input_ids.shape[1] :]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        lengths = _lengths_up_to_eos(new_tokens, settings_eos(self.loaded)).tolist()
+        self.new_token_count += sum(lengths)
+        # Cut each reply at its EOS (excluded) before decoding: EOS tokens need not be "special".
+        reply_tokens = [
+            row[: length - 1] if length <= len(row) and _is_eos(row[length - 1], self.loaded) else row[:length]
+            for row, length in zip(new_tokens.tolist(), lengths)
+        ]
+        return tokenizer.batch_decode(reply_tokens, skip_special_tokens=True)
 
     def generate(
         self,
@@ -116,6 +124,27 @@ class HFGenerator:
                 on_batch(indices, batch_replies)
             start += len(indices)
         return replies  # type: ignore[return-value]
+
+
+def settings_eos(loaded: LoadedModel):
+    """The EOS id (or ids) generation stops at: the model's generation config, else the tokenizer's."""
+    return loaded.model.generation_config.eos_token_id or loaded.tokenizer.eos_token_id
+
+
+def _is_eos(token_id: int, loaded: LoadedModel) -> bool:
+    eos = settings_eos(loaded)
+    return token_id in eos if isinstance(eos, list) else token_id == eos
+
+
+def _lengths_up_to_eos(new_tokens, eos):
+    """Per row, the number of generated tokens up to and including the first EOS (all if none)."""
+    import torch
+
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device)
+    is_eos = torch.isin(new_tokens, eos_ids)
+    width = new_tokens.shape[1]
+    no_eos = torch.full_like(is_eos[:, 0], width, dtype=torch.long)
+    return torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, no_eos)
 
 
 def _free_cached_memory() -> None:

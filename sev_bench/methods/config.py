@@ -135,7 +135,8 @@ def resolve_method(name_or_path: str, overrides: list[str] | None = None) -> Met
     elif name_or_path in available_configs():
         config_path = available_configs()[name_or_path]
         data, name = _read_yaml(config_path), name_or_path
-        source = str(config_path) if config_path.parent == Path.cwd() / "methods" else f"builtin:{config_path.name}"
+        shipped = config_path.parent.resolve() in [d.resolve() for d in _shipped_config_dirs()]
+        source = f"builtin:{config_path.name}" if shipped else str(config_path)
     else:
         try:
             METHODS.get(name_or_path)

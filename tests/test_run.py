@@ -1,0 +1,157 @@
+"""`sev-bench run` end to end on a tiny model: results schema, summary, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from sev_bench.backends.hf import HFGenerator
+from sev_bench.errors import UserError
+from sev_bench.results import SAMPLE_FIELDS, load_results
+from sev_bench.runner import RunRequest, run
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sev_bench/schema/results.schema.json").read_text())
+
+
+FAST_PROMPTING = Path(__file__).resolve().parent / "fast_prompting.yaml"
+
+
+def _request(tmp_path: Path, **changes) -> RunRequest:
+    settings = dict(
+        method=str(FAST_PROMPTING),
+        model="tiny-random-qwen2",
+        limit=12,
+        batch_size=4,
+        scorer="test-keywords",
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        overrides=[],
+    )
+    settings.update(changes)
+    return RunRequest(**settings)
+
+
+def _samples(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, sev_data_dir):
+    """One uninterrupted run: the replies every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    results, run_dir = run(_request(out, data_dir=str(sev_data_dir)))
+    return results, run_dir
+
+
+def test_results_follow_the_schema(reference_run):
+    results, run_dir = reference_run
+    jsonschema.validate(results, SCHEMA)
+    assert load_results(run_dir) == results
+    accuracy = results["metrics"]["accuracy"]
+    assert accuracy["overall"]["n"] == 12
+    assert sum(cell["n"] for cell in accuracy["by_valence"].values()) == 12
+    assert 0 <= accuracy["overall"]["acc"] <= 1
+    low, high = accuracy["overall"]["ci95"]
+    assert low <= accuracy["overall"]["acc"] <= high
+    spec = results["spec"]
+    assert spec["model"]["dtype"] == "float32" and spec["dataset"]["split"] == "test"
+    assert spec["scorer"]["id"] == "test-keywords" and len(spec["scorer"]["sha256"]) == 64
+    assert spec["generation"]["max_new_tokens"] == 16 and len(spec["generation"]["chat_template_sha256"]) == 64
+    assert spec["method"]["params"]["system_template"].startswith("Always reply in {emotion}.")
+
+
+def test_samples_carry_prompt_reply_and_score(reference_run):
+    _, run_dir = reference_run
+    samples = _samples(run_dir)
+    assert len(samples) == 12 and len({s["id"] for s in samples}) == 12
+    for sample in samples:
+        assert set(SAMPLE_FIELDS) <= set(sample)
+        assert sample["messages"][0]["content"].startswith(f"Always reply in {sample['target_emotion']}.")
+        assert sample["correct"] == (sample["predicted_emotion"] == sample["target_emotion"])
+        assert abs(sum(sample["probs"].values()) - 1) < 1e-4
+
+
+def test_summary_has_the_valence_by_emotion_table(reference_run):
+    _, run_dir = reference_run
+    summary = (run_dir / "summary.md").read_text()
+    assert "| valence | anger | sadness | happiness | fear | surprise | disgust | all |" in summary
+    assert "| positive |" in summary and "| neutral |" in summary
+
+
+def test_resume_after_a_kill_loses_nothing_and_duplicates_nothing(reference_run, tmp_path, monkeypatch):
+    request = _request(tmp_path)
+    real = HFGenerator._generate_batch
+    calls = {"n": 0}
+
+    def killed_on_third_batch(self, prompts):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # what Ctrl-C / SIGINT looks like inside generate
+        return real(self, prompts)
+
+    monkeypatch.setattr(HFGenerator, "_generate_batch", killed_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(request)
+    run_dir = Path(request.output_dir)
+    assert not (run_dir / "results.json").exists()  # an unfinished run never looks finished
+    assert len(_samples(run_dir)) == 8
+    # a kill in the middle of an append leaves a torn last line
+    with open(run_dir / "samples.jsonl", "a") as handle:
+        handle.write('{"id": "work_test_00__neutral__anger", "compl')
+
+    monkeypatch.setattr(HFGenerator, "_generate_batch", real)
+    results, _ = run(request)
+    samples = _samples(run_dir)
+    assert len(samples) == 12 and len({s["id"] for s in samples}) == 12
+    expected = {s["id"]: s["completion"] for s in _samples(reference_run[1])}
+    assert {s["id"]: s["completion"] for s in samples} == expected
+    assert results["timings"]["samples_reused"] == 8
+    assert results["metrics"] == reference_run[0]["metrics"]
+
+
+def test_rerunning_a_finished_run_reuses_every_sample(reference_run, sev_data_dir, monkeypatch):
+    _, run_dir = reference_run
+
+    def no_generation(self, prompts):
+        raise AssertionError("a finished run must not generate again")
+
+    monkeypatch.setattr(HFGenerator, "_generate_batch", no_generation)
+    results, _ = run(_request(run_dir.parent, data_dir=str(sev_data_dir)))
+    assert results["timings"]["samples_reused"] == 12
+
+
+def test_a_different_run_in_the_same_dir_is_refused(reference_run, sev_data_dir):
+    _, run_dir = reference_run
+    with pytest.raises(UserError, match="holds a different run.*method"):
+        run(_request(run_dir.parent, data_dir=str(sev_data_dir), overrides=["system_template=Be {emotion}."]))
+
+
+def test_none_generates_once_per_chat_and_shares_the_reply(tmp_path, monkeypatch):
+    seen = []
+    real = HFGenerator._generate_batch
+
+    def counting(self, prompts):
+        seen.extend(prompts)
+        return real(self, prompts)
+
+    monkeypatch.setattr(HFGenerator, "_generate_batch", counting)
+    none_yaml = tmp_path / "none.yaml"
+    none_yaml.write_text("method: none\ngeneration:\n  max_new_tokens: 16\n")
+    results, run_dir = run(_request(tmp_path, method=str(none_yaml), limit=18))
+    assert len(seen) == 3  # one skeleton: 3 valences, the same chat for all 6 targets
+    samples = _samples(run_dir)
+    by_valence = {}
+    for sample in samples:
+        by_valence.setdefault(sample["valence"], set()).add(sample["completion"])
+    assert all(len(replies) == 1 for replies in by_valence.values())
+    assert results["metrics"]["accuracy"]["overall"]["n"] == 18
+
+
+def test_emotion_and_valence_selection(tmp_path):
+    results, run_dir = run(_request(tmp_path, emotions=["fear", "anger"], valences=["negative"], limit=None))
+    samples = _samples(run_dir)
+    assert len(samples) == 160 * 2 and {s["valence"] for s in samples} == {"negative"}
+    assert set(results["metrics"]["accuracy"]["by_emotion"]) == {"anger", "fear"}
