@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", default="prompting", help="method name (methods/NAME.yaml) or a .yaml path")
     run.add_argument("--model", default="smollm2-135m", help="alias, local dir, GGUF file or hub id")
     run.add_argument("--split", default="test", help="train, dev or test (default: test)")
-    run.add_argument("--limit", type=int, help="only the first N rows (skeleton-major order)")
+    run.add_argument(
+        "--limit", type=int, help="only the first N rows, themes interleaved (144 = one skeleton per theme)"
+    )
     run.add_argument("--emotions", nargs="+", metavar="E", help="target emotions (default: all six)")
     run.add_argument("--valences", nargs="+", metavar="V", help="valences (default: all three)")
     run.add_argument("--batch-size", type=int, default=16, help="halves automatically on out-of-memory")
@@ -42,8 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=1234)
     run.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: fp32 on CPU)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a method parameter (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method parameter (repeatable)",
+    )
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(run)
 
@@ -96,6 +105,7 @@ def cmd_run(args) -> None:
         device=args.device,
         data_dir=args.data_dir,
         overrides=args.overrides,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     _, run_dir = run(request)

@@ -171,7 +171,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number}: bad JSON ({exc.msg}); expected one object per line")
+                    raise UserError(f"{path}:{number}: bad JSON ({exc.msg}); expected one object per line") from None
                 if not isinstance(row, dict):
                     raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
@@ -270,12 +270,7 @@ def load_sev(data_dir: str | Path | None = None, verify: bool = True):
 
     skeletons = load_skeletons(data_dir, verify)
     schema = features()
-    return DatasetDict(
-        {
-            split: Dataset.from_list(expand(skeletons[split]), features=schema)
-            for split in SPLITS
-        }
-    )
+    return DatasetDict({split: Dataset.from_list(expand(skeletons[split]), features=schema) for split in SPLITS})
 
 
 def load_reference(split: str, data_dir: str | Path | None = None, verify: bool = True) -> list[dict]:
@@ -379,9 +374,7 @@ def export(dataset_dict, out_dir: Path, fingerprint: dict[str, str]) -> None:
         version=__version__,
         repository=SOURCE_REPOSITORY,
         commit=PINNED_COMMIT,
-        data_files="\n".join(
-            f"  - split: {split}\n    path: data/{split}.parquet" for split in dataset_dict
-        ),
+        data_files="\n".join(f"  - split: {split}\n    path: data/{split}.parquet" for split in dataset_dict),
         split_rows="\n".join(
             f"| {split} | {len(set(ds['skeleton_id']))} | {len(ds)} | {sources[split]} |"
             for split, ds in dataset_dict.items()

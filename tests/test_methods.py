@@ -73,7 +73,9 @@ def test_param_types_are_coerced_and_checked():
 
 def test_yaml_path_and_its_errors(tmp_path):
     good = tmp_path / "angry.yaml"
-    good.write_text("method: prompting\nparams:\n  system_template: 'Reply in {emotion}.'\ngeneration:\n  max_new_tokens: 7\n")
+    good.write_text(
+        "method: prompting\nparams:\n  system_template: 'Reply in {emotion}.'\ngeneration:\n  max_new_tokens: 7\n"
+    )
     config = resolve_method(str(good))
     assert config.name == "angry" and config.generation.max_new_tokens == 7
     cases = {
@@ -145,7 +147,18 @@ def test_registry_refuses_non_methods_and_collisions():
 def test_method_configs_ship_inside_the_wheel(tmp_path):
     """Build the wheel, unpack it alone on sys.path, and resolve the shipped configs from there."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
         check=True,
     )
     wheel = next(tmp_path.glob("sev_bench-*.whl"))
@@ -159,8 +172,12 @@ def test_method_configs_ship_inside_the_wheel(tmp_path):
         "print(sev_bench.__file__); print(c.source); print(sorted(m.available_configs()))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     module_file, source, configs = result.stdout.splitlines()
     assert module_file.startswith(str(unpacked))

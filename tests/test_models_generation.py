@@ -140,6 +140,4 @@ def test_local_dir_round_trip(tiny, tmp_path):
     assert local.source == "local" and local.revision.startswith("local-sha256:")
     config = GenerationConfig(max_new_tokens=10)
     conversations = _conversations(3)
-    assert HFGenerator(local, 3, config).generate(conversations) == HFGenerator(tiny, 3, config).generate(
-        conversations
-    )
+    assert HFGenerator(local, 3, config).generate(conversations) == HFGenerator(tiny, 3, config).generate(conversations)

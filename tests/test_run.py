@@ -10,6 +10,7 @@ import pytest
 
 from sev_bench.backends.hf import HFGenerator
 from sev_bench.errors import UserError
+from sev_bench.prompts import EMOTIONS, VALENCES
 from sev_bench.results import SAMPLE_FIELDS, load_results
 from sev_bench.runner import RunRequest, run
 
@@ -155,3 +156,15 @@ def test_emotion_and_valence_selection(tmp_path):
     samples = _samples(run_dir)
     assert len(samples) == 160 * 2 and {s["valence"] for s in samples} == {"negative"}
     assert set(results["metrics"]["accuracy"]["by_emotion"]) == {"anger", "fear"}
+
+
+def test_limit_interleaves_themes(sev_data_dir):
+    from sev_bench.data import load_sev
+    from sev_bench.runner import select_rows
+
+    test = load_sev(sev_data_dir)["test"]
+    rows = select_rows(test, list(EMOTIONS), list(VALENCES), 144)
+    assert len({row["theme"] for row in rows}) == 8 and len({row["skeleton_id"] for row in rows}) == 8
+    assert {(row["valence"], row["target_emotion"]) for row in rows} == {(v, e) for v in VALENCES for e in EMOTIONS}
+    assert rows[0]["id"] == "work_test_00__positive__anger"
+    assert len(select_rows(test, list(EMOTIONS), list(VALENCES), None)) == 2880

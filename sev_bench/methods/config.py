@@ -57,9 +57,7 @@ class MethodConfig:
 
     @property
     def config_hash(self) -> str:
-        payload = json.dumps(
-            {k: v for k, v in self.as_dict().items() if k != "source"}, sort_keys=True, default=str
-        )
+        payload = json.dumps({k: v for k, v in self.as_dict().items() if k != "source"}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
