@@ -158,9 +158,9 @@ def cmd_scorer(args) -> None:
     report = evaluate_agreement(load_scorer(args.scorer, data_dir=args.data_dir), data_dir=args.data_dir)
     print(format_agreement(report))
     if args.json_out:
-        from .results import write_json
+        from .atomic import write_json_atomic
 
-        write_json(Path(args.json_out), report)
+        write_json_atomic(Path(args.json_out), report)
 
 
 def cmd_score(args) -> None:

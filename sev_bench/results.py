@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from .atomic import write_json_atomic, write_text_atomic
 from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
 
@@ -31,25 +30,6 @@ SAMPLE_FIELDS = (
     "probs",
     "correct",
 )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8")
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class RunDir:
@@ -81,7 +61,7 @@ class RunDir:
         elif self.samples_path.exists() or self.results_path.exists():
             raise UserError(f"--output-dir {self.path} holds results of an unknown run; use a new --output-dir")
         else:
-            write_json(self.identity_path, identity)
+            write_json_atomic(self.identity_path, identity)
 
     def completed(self) -> dict[str, dict]:
         """Samples already written, by id. A torn last line (a kill mid-write) is cut off the file."""
@@ -115,8 +95,8 @@ class RunDir:
             os.fsync(handle.fileno())
 
     def finish(self, results: dict, summary: str) -> None:
-        write_atomic(self.summary_path, summary)
-        write_json(self.results_path, results)  # last: its presence means the run is complete
+        write_text_atomic(self.summary_path, summary)
+        write_json_atomic(self.results_path, results)  # last: its presence means the run is complete
 
 
 def load_results(path: str | Path) -> dict:

@@ -1,0 +1,162 @@
+"""How far a scorer agrees with the paper's GPT-4o-mini judge, on the test split's judged replies.
+
+For each of the 2,880 test-split reference replies (accepted and rejected): `judge_match` is the
+judge's verdict and `scorer_correct` is whether the scorer's argmax equals the target emotion. The
+report gives, overall, by target emotion and by valence: both accuracies, their raw agreement, Cohen's
+kappa of the two binary verdicts and the scorer's accuracy on the judge-accepted replies; plus, on
+the judge-accepted replies, per-emotion recall / precision and the confusion matrix (target x predicted).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import data
+from ..metrics import cohen_kappa
+from ..prompts import EMOTIONS, VALENCES
+from .base import Scorer
+
+SPLIT = "test"
+SUMMARY_KEYS = (
+    "n",
+    "judge_accuracy",
+    "scorer_accuracy",
+    "agreement",
+    "cohen_kappa",
+    "accuracy_on_judge_accepted",
+)
+
+
+def _rate(values) -> float | None:
+    values = list(values)
+    return round(sum(bool(v) for v in values) / len(values), 6) if values else None
+
+
+def _kappa(a: list[bool], b: list[bool]) -> float | None:
+    if not a:
+        return None
+    value = cohen_kappa(a, b)
+    return None if math.isnan(value) else round(value, 6)
+
+
+def _cell(judge: list[bool], scorer: list[bool]) -> dict:
+    accepted = [s for j, s in zip(judge, scorer, strict=True) if j]
+    return {
+        "n": len(judge),
+        "n_judge_accepted": len(accepted),
+        "judge_accuracy": _rate(judge),
+        "scorer_accuracy": _rate(scorer),
+        "agreement": _rate(j == s for j, s in zip(judge, scorer, strict=True)),
+        "cohen_kappa": _kappa(judge, scorer),
+        "accuracy_on_judge_accepted": _rate(accepted),
+    }
+
+
+def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store: bool = True) -> dict:
+    """Agreement of `scorer` with the judge on the test split (see module docstring). With `store`,
+    the overall figures are kept next to the scorer's weights so `scorer.info()` reports them."""
+    rows = data.load_reference(SPLIT, data_dir)
+    probs = np.asarray(scorer.predict_proba([row["gen_text"] for row in rows]))
+    predicted = [scorer.labels[int(i)] for i in np.argmax(probs, axis=1)]
+    targets = [row["emotion"] for row in rows]
+    valences = [row.get("valence") for row in rows]
+    judge = [row["judge"]["match"] == 1 for row in rows]
+    correct = [p == t for p, t in zip(predicted, targets, strict=True)]
+
+    def cell(keep) -> dict:
+        idx = [i for i in range(len(rows)) if keep(i)]
+        return _cell([judge[i] for i in idx], [correct[i] for i in idx])
+
+    accepted = [i for i in range(len(rows)) if judge[i]]
+    matrix = [[0] * len(scorer.labels) for _ in EMOTIONS]
+    for i in accepted:
+        matrix[EMOTIONS.index(targets[i])][scorer.labels.index(predicted[i])] += 1
+    recall, precision = {}, {}
+    for r, emotion in enumerate(EMOTIONS):
+        row_total = sum(matrix[r])
+        hit = matrix[r][scorer.labels.index(emotion)] if emotion in scorer.labels else 0
+        column_total = sum(m[scorer.labels.index(emotion)] for m in matrix) if emotion in scorer.labels else 0
+        recall[emotion] = round(hit / row_total, 6) if row_total else None
+        precision[emotion] = round(hit / column_total, 6) if column_total else None
+
+    root, _ = data.data_root(data_dir)
+    files = {
+        pinned.local: data.sha256_of(root / pinned.local)
+        for (split, _outcome), pinned in data.REFERENCE_FILES.items()
+        if split == SPLIT
+    }
+    report = {
+        "scorer": {"id": scorer.id, "sha256": scorer.sha256, "labels": list(scorer.labels)},
+        "split": SPLIT,
+        "reference": data.REFERENCE_DIR,
+        "files_sha256": files,
+        "overall": cell(lambda i: True),
+        "by_emotion": {e: cell(lambda i, e=e: targets[i] == e) for e in EMOTIONS},
+        "by_valence": {v: cell(lambda i, v=v: valences[i] == v) for v in VALENCES if any(x == v for x in valences)},
+        "judge_accepted": {
+            "n": len(accepted),
+            "recall": recall,
+            "precision": precision,
+            "confusion": {
+                "rows": list(EMOTIONS),
+                "columns": list(scorer.labels),
+                "note": "judge-accepted replies; rows = target emotion, columns = scorer's predicted label",
+                "matrix": matrix,
+            },
+        },
+    }
+    if store:
+        figures = {key: report["overall"][key] for key in SUMMARY_KEYS}
+        figures.update(split=SPLIT, reference=data.REFERENCE_DIR, files_sha256=files)
+        scorer.store_agreement(figures)
+    return report
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_agreement(report: dict) -> str:
+    """The report as markdown tables (readable as plain text)."""
+    scorer = report["scorer"]
+    overall = report["overall"]
+    lines = [
+        f"Scorer {scorer['id']} (sha256 {scorer['sha256'][:12]}) vs the paper's judge: "
+        f"{report['split']} split, "
+        f"{overall['n']:,} judged replies ({overall['n_judge_accepted']:,} accepted by the judge)",
+        "",
+        "| group | n | judge acc | scorer acc | agreement | kappa | scorer acc on judge-accepted |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def row(name: str, cell: dict) -> str:
+        values = [cell[key] for key in SUMMARY_KEYS]
+        return f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |"
+
+    lines.append(row("**overall**", overall))
+    lines += [row(emotion, cell) for emotion, cell in report["by_emotion"].items()]
+    lines += [row(f"valence {valence}", cell) for valence, cell in report["by_valence"].items()]
+
+    accepted = report["judge_accepted"]
+    confusion = accepted["confusion"]
+    lines += [
+        "",
+        f"Judge-accepted replies (n={accepted['n']:,}): rows = target emotion, columns = predicted",
+        "",
+        "| target | " + " | ".join(confusion["columns"]) + " | recall | precision |",
+        "| --- | " + " | ".join("---:" for _ in confusion["columns"]) + " | ---: | ---: |",
+    ]
+    for name, counts in zip(confusion["rows"], confusion["matrix"], strict=True):
+        lines.append(
+            f"| {name} | "
+            + " | ".join(str(c) for c in counts)
+            + f" | {_fmt(accepted['recall'].get(name))} | {_fmt(accepted['precision'].get(name))} |"
+        )
+    return "\n".join(lines) + "\n"

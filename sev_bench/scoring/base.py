@@ -1,0 +1,129 @@
+"""The scorer interface: text -> probabilities over the six emotions (plus "none" where a scorer has it).
+
+A scorer's identity is the sha256 of its saved weights file; agreement figures measured against the
+paper's judge (see `agreement.py`) are kept in a sidecar JSON next to that file, keyed by the sha256,
+so `info()` can report them for exactly the weights that were measured.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..atomic import write_text_atomic
+from ..data import sha256_of
+from ..errors import UserError
+from ..prompts import EMOTIONS
+from ..registry import Registry
+
+
+class Scorer(ABC):
+    """Base class of emotion scorers. Subclasses set `name`, `description` and `labels`, implement
+    `predict_proba` and the classmethod `load`, and either set `weights_path` (the saved weights file,
+    whose sha256 is the scorer's identity) or override `sha256`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    labels: tuple[str, ...] = EMOTIONS
+
+    weights_path: Path | None = None
+    _sha256: str | None = None
+
+    @classmethod
+    @abstractmethod
+    def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> Scorer:
+        """A ready scorer (training or fetching whatever it needs first)."""
+
+    @abstractmethod
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities of shape [len(texts), len(self.labels)], each row summing to 1."""
+
+    def score(self, texts: Sequence[str], targets: Sequence[str]) -> list[dict]:
+        """Per text: `predicted_emotion` (the argmax label), `probs` (label -> probability, 6 digits)
+        and `correct` (the argmax equals the target)."""
+        texts, targets = list(texts), list(targets)
+        if len(texts) != len(targets):
+            raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+        for target in targets:
+            if target not in self.labels:
+                raise UserError(f"target emotion {target!r} is not one of {', '.join(self.labels)}")
+        probs = np.asarray(self.predict_proba(texts), dtype=np.float64)
+        if probs.shape != (len(texts), len(self.labels)):
+            raise RuntimeError(
+                f"scorer {self.id} returned probabilities of shape {probs.shape}, "
+                f"expected {(len(texts), len(self.labels))}"
+            )
+        results = []
+        for row, target in zip(probs, targets, strict=True):
+            predicted = self.labels[int(np.argmax(row))]
+            results.append(
+                {
+                    "predicted_emotion": predicted,
+                    "probs": {label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)},
+                    "correct": predicted == target,
+                }
+            )
+        return results
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the saved weights file: the identity of the trained scorer."""
+        if self._sha256 is None:
+            if self.weights_path is None:
+                raise NotImplementedError(f"scorer {self.id} has no weights file; override sha256")
+            self._sha256 = sha256_of(self.weights_path)
+        return self._sha256
+
+    @property
+    def agreement_path(self) -> Path | None:
+        """The sidecar JSON with agreement figures (`<weights stem>.agreement.json`), if file-backed."""
+        if self.weights_path is None:
+            return None
+        return self.weights_path.with_name(self.weights_path.stem + ".agreement.json")
+
+    def stored_agreement(self) -> dict | None:
+        """The agreement figures stored for exactly these weights (same sha256), else None."""
+        path = self.agreement_path
+        if path is None or not path.is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None  # derived data: a damaged sidecar only means "not measured"
+        entry = stored.get(self.sha256) if isinstance(stored, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def store_agreement(self, figures: dict) -> Path | None:
+        """Keep `figures` in the sidecar, keyed by this scorer's sha256 (atomic write). Entries of
+        other weights are dropped: the sidecar describes the weights file next to it."""
+        path = self.agreement_path
+        if path is None:
+            return None
+        write_text_atomic(path, json.dumps({self.sha256: figures}, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def info(self) -> dict:
+        return {
+            "id": self.id,
+            "description": self.description,
+            "sha256": self.sha256,
+            "labels": list(self.labels),
+            "agreement": self.stored_agreement(),
+        }
+
+
+SCORERS: Registry[Scorer] = Registry("scorer", "sev_bench.scorers", Scorer)
+
+
+def load_scorer(name: str, data_dir: str | Path | None = None, verbose: bool = True) -> Scorer:
+    """The registered scorer `name`, ready to use; an unknown name is a `UserError` listing known ones."""
+    return SCORERS.get(name).load(data_dir=data_dir, verbose=verbose)

@@ -1,0 +1,83 @@
+"""Score a JSONL file of replies: each object gains `predicted_emotion`, `probs` and `correct`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import write_text_atomic
+from ..errors import UserError
+from ..prompts import EMOTIONS
+from .base import Scorer
+
+BATCH_SIZE = 256
+
+
+def _read_rows(path: Path, text_field: str, target_field: str) -> list[dict]:
+    """Every row, validated before anything is scored (so a bad line costs no scoring time)."""
+    expected = f"one JSON object per line with a string {text_field!r} and {target_field!r} (one of " + (
+        ", ".join(EMOTIONS) + ")"
+    )
+    if not path.exists():
+        raise UserError(f"{path}: no such file; expected a JSONL file, {expected}")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file; expected a JSONL file, {expected}")
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{where}: bad JSON ({exc.msg}); expected {expected}") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{where}: got a JSON {type(row).__name__}; expected {expected}")
+                if not isinstance(row.get(text_field), str):
+                    problem = "missing field" if text_field not in row else "non-string field"
+                    raise UserError(f"{where}: {problem} {text_field!r}; expected {expected}")
+                if target_field not in row:
+                    raise UserError(f"{where}: missing field {target_field!r}; expected {expected}")
+                if row[target_field] not in EMOTIONS:
+                    raise UserError(
+                        f"{where}: {target_field!r} is {row[target_field]!r}; expected one of {', '.join(EMOTIONS)}"
+                    )
+                rows.append(row)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); expected UTF-8 JSON lines") from None
+    return rows
+
+
+def score_jsonl(
+    scorer: Scorer,
+    in_path: str | Path,
+    out_path: str | Path,
+    text_field: str = "text",
+    target_field: str = "target_emotion",
+) -> dict:
+    """Score every row of `in_path` and write the rows, each with `predicted_emotion`, `probs` and
+    `correct` added, to `out_path` (atomically: an error leaves no partial file). Returns
+    `{n, correct, accuracy, scorer, scorer_sha256}`."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    rows = _read_rows(in_path, text_field, target_field)
+    lines = []
+    correct = 0
+    for start in range(0, len(rows), BATCH_SIZE):
+        batch = rows[start : start + BATCH_SIZE]
+        scores = scorer.score([row[text_field] for row in batch], [row[target_field] for row in batch])
+        for row, result in zip(batch, scores, strict=True):
+            correct += bool(result["correct"])
+            lines.append(json.dumps({**row, **result}, ensure_ascii=False) + "\n")
+    try:
+        write_text_atomic(out_path, "".join(lines))
+    except OSError as exc:
+        raise UserError(f"{out_path}: cannot write ({exc.strerror}); expected a writable path") from None
+    return {
+        "n": len(rows),
+        "correct": correct,
+        "accuracy": round(correct / len(rows), 6) if rows else None,
+        "scorer": scorer.id,
+        "scorer_sha256": scorer.sha256,
+    }
