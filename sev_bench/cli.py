@@ -147,10 +147,12 @@ def cmd_scorers(args) -> None:
 
 def cmd_scorer(args) -> None:
     if args.scorer_command == "train":
-        from .scoring.minilm_probe import train_probe
+        from .scoring.agreement import evaluate_agreement, format_agreement
+        from .scoring.minilm_probe import MiniLMProbe, train_probe
 
         path = train_probe(data_dir=args.data_dir, seed=args.seed)
         print(f"trained minilm-probe: {path}")
+        print(format_agreement(evaluate_agreement(MiniLMProbe.from_file(path), data_dir=args.data_dir)))
         return
     from .scoring import load_scorer
     from .scoring.agreement import evaluate_agreement, format_agreement

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import random
 import subprocess
@@ -19,7 +20,7 @@ from .errors import UserError
 from .methods import MethodConfig, resolve_method
 from .metrics import grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
-from .results import SCHEMA_VERSION, RunDir, summary_markdown
+from .results import SCHEMA_VERSION, RunDir, load_results, summary_markdown
 
 SPLITS = ("train", "dev", "test")
 
@@ -135,8 +136,19 @@ def _hardware(device) -> dict:
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu"] = _cpu_model()
+        info["cpu_cores"] = os.cpu_count()
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _seed_everything(seed: int) -> None:
@@ -169,6 +181,7 @@ class _Progress:
 
 def run(request: RunRequest) -> tuple[dict, Path]:
     """Run (or resume) one benchmark run; returns (results, output dir)."""
+    started = time.perf_counter()
     # Cheap checks first, so that a typo fails before any model or scorer loads.
     method_config: MethodConfig = resolve_method(request.method, request.overrides)
     if request.split not in SPLITS:
@@ -209,38 +222,32 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     run_dir.start(identity)
     done = run_dir.completed()
     todo = [row for row in rows if row["id"] not in done]
+    if not todo and run_dir.results_path.exists():
+        print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
+        return load_results(run_dir.path), run_dir.path
 
-    started = time.perf_counter()
     timings = {"model_load_s": 0.0, "generation_s": 0.0, "scoring_s": 0.0}
-    model_info, hardware, generator = None, None, None
     _seed_everything(request.seed)
     if request.threads is not None:
         import torch
 
         torch.set_num_threads(request.threads)
-    if todo:
-        from .backends.hf import HFGenerator
-        from .models import load_model
+    from .backends.hf import HFGenerator
+    from .models import load_model
 
-        load_start = time.perf_counter()
-        loaded = load_model(request.model, dtype=request.dtype, device=request.device)
-        timings["model_load_s"] = time.perf_counter() - load_start
-        generator = HFGenerator(loaded, request.batch_size, method_config.generation)
+    load_start = time.perf_counter()
+    loaded = load_model(request.model, dtype=request.dtype, device=request.device)
+    timings["model_load_s"] = time.perf_counter() - load_start
+    generator = HFGenerator(loaded, request.batch_size, method_config.generation)
+    if todo:
         _generate_and_score(
             generator, method_config, scorer, todo, run_dir, timings, request.progress, len(done), len(rows)
         )
-        model_info = _model_info(loaded, request.dtype)
-        hardware = _hardware(generator.device)
-    else:
-        print(f"all {len(rows)} replies already in {run_dir.samples_path}; computing results", file=sys.stderr)
 
     done = run_dir.completed()
     samples = [done[row["id"]] for row in rows if row["id"] in done]
     if len(samples) != len(rows):  # cannot happen unless the file was edited during the run
         raise UserError(f"{run_dir.samples_path} lacks {len(rows) - len(samples)} replies; rerun to finish")
-    if model_info is None:  # fully resumed: describe the model without loading its weights
-        model_info = {"id": request.model, "dtype": request.dtype, "revision": None}
-        hardware = {"device": request.device}
     timings["total_s"] = time.perf_counter() - started
 
     results = {
@@ -248,15 +255,9 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": {
             "method": {**method_config.as_dict(), "config_hash": method_config.config_hash},
-            "model": model_info,
-            "backend": {
-                "name": "hf",
-                "batch_size": generator.batch_size if generator else request.batch_size,
-            },
-            "generation": {
-                **method_config.generation.as_dict(),
-                **(_template_info(generator) if generator else {}),
-            },
+            "model": _model_info(loaded, request.dtype),
+            "backend": {"name": "hf", "batch_size": generator.batch_size},
+            "generation": {**method_config.generation.as_dict(), **_template_info(generator)},
             "dataset": {
                 "name": "SEV",
                 "source": SOURCE_REPOSITORY,
@@ -268,7 +269,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
             },
             "scorer": scorer.info(),
             "seed": request.seed,
-            "hardware": hardware,
+            "hardware": _hardware(generator.device),
             "software": _versions(),
             "git": _git_state(),
             "command": sys.argv[1:] if Path(sys.argv[0]).name in ("sev-bench", "__main__.py") else None,

@@ -121,7 +121,19 @@ def test_rerunning_a_finished_run_reuses_every_sample(reference_run, sev_data_di
 
     monkeypatch.setattr(HFGenerator, "_generate_batch", no_generation)
     results, _ = run(_request(run_dir.parent, data_dir=str(sev_data_dir)))
+    assert results == reference_run[0]
+
+
+def test_a_kill_after_the_last_reply_but_before_results_is_finished_on_rerun(reference_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(reference_run[1], copy)
+    (copy / "results.json").unlink()
+    results, _ = run(_request(tmp_path))
     assert results["timings"]["samples_reused"] == 12
+    assert results["metrics"] == reference_run[0]["metrics"]
+    assert results["spec"]["model"]["revision"] == "tiny-v1"
 
 
 def test_a_different_run_in_the_same_dir_is_refused(reference_run, sev_data_dir):

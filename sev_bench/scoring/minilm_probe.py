@@ -296,7 +296,15 @@ class MiniLMProbe(Scorer):
                 flush=True,
             )
         train_probe(data_dir=data_dir, out_path=path)
-        return cls.from_file(path)
+        probe = cls.from_file(path)
+        # Measure agreement with the paper's judge at once, so every result made with these weights
+        # records it (`info()["agreement"]`).
+        from .agreement import evaluate_agreement
+
+        if verbose:
+            print(f"scorer {NAME}: measuring agreement with the paper's judge on the test split ...", file=sys.stderr)
+        evaluate_agreement(probe, data_dir=data_dir, store=True)
+        return probe
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)
