@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a method parameter (repeatable)",
     )
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: one per core)")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="generate only shard I of N (0-based; run N processes on one "
+        "--output-dir; the last to end writes results.json)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(run)
 
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> None:
-    from .runner import RunRequest, run
+    from .runner import RunRequest, parse_shard, run
 
     request = RunRequest(
         method=args.method,
@@ -106,9 +112,12 @@ def cmd_run(args) -> None:
         data_dir=args.data_dir,
         overrides=args.overrides,
         threads=args.threads,
+        shard=parse_shard(args.shard),
         progress=not args.no_progress,
     )
-    _, run_dir = run(request)
+    results, run_dir = run(request)
+    if results is None:  # a shard whose siblings are still running
+        return
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir / 'results.json'}")
 

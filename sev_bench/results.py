@@ -58,45 +58,68 @@ class RunDir:
                     f"--output-dir {self.path} holds a different run (differs in: {', '.join(changed)}); "
                     "use a new --output-dir"
                 )
-        elif self.samples_path.exists() or self.results_path.exists():
+        elif self._sample_files() or self.results_path.exists():
             raise UserError(f"--output-dir {self.path} holds results of an unknown run; use a new --output-dir")
         else:
             write_json_atomic(self.identity_path, identity)
 
-    def completed(self) -> dict[str, dict]:
-        """Samples already written, by id. A torn last line (a kill mid-write) is cut off the file."""
-        if not self.samples_path.exists():
-            return {}
+    def shard_path(self, shard: tuple[int, int] | None) -> Path:
+        """Where this process appends: `samples.jsonl`, or its own file when it runs one shard (so that
+        concurrent shards never write to, or cut a torn line from, each other's file)."""
+        if shard is None:
+            return self.samples_path
+        index, count = shard
+        return self.path / f"samples.shard-{index}-of-{count}.jsonl"
+
+    def _sample_files(self) -> list[Path]:
+        return [p for p in [self.samples_path, *sorted(self.path.glob("samples.shard-*.jsonl"))] if p.exists()]
+
+    def completed(self, own: Path | None = None) -> dict[str, dict]:
+        """Samples already written (in any shard's file), by id. A torn last line (a kill mid-write) is
+        cut off `own`, the file this process appends to; other files are read up to their last whole line."""
         done: dict[str, dict] = {}
-        good_bytes = 0
-        with open(self.samples_path, "rb") as handle:
-            for raw in handle:
-                try:
-                    record = json.loads(raw)
-                    if not raw.endswith(b"\n"):
-                        raise ValueError("torn line")
-                except ValueError:
-                    break  # only the last line can be torn: appends are whole lines
-                done.setdefault(record["id"], record)
-                good_bytes += len(raw)
-        if good_bytes != self.samples_path.stat().st_size:
-            with open(self.samples_path, "r+b") as handle:
-                handle.truncate(good_bytes)
+        for path in self._sample_files():
+            good_bytes = 0
+            with open(path, "rb") as handle:
+                for raw in handle:
+                    try:
+                        record = json.loads(raw)
+                        if not raw.endswith(b"\n"):
+                            raise ValueError("torn line")
+                    except ValueError:
+                        break  # only the last line can be torn: appends are whole lines
+                    done.setdefault(record["id"], record)
+                    good_bytes += len(raw)
+            if path == own and good_bytes != path.stat().st_size:
+                with open(path, "r+b") as handle:
+                    handle.truncate(good_bytes)
         return done
 
-    def append(self, records: list[dict]) -> None:
+    def append(self, records: list[dict], path: Path | None = None) -> None:
         """Append finished samples durably (one write, flushed and fsynced)."""
         if not records:
             return
         payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.samples_path, "a", encoding="utf-8") as handle:
+        with open(path or self.samples_path, "a", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
 
-    def finish(self, results: dict, summary: str) -> None:
-        write_text_atomic(self.summary_path, summary)
-        write_json_atomic(self.results_path, results)  # last: its presence means the run is complete
+    def finish(self, samples: list[dict], results: dict, summary: str) -> None:
+        """Merge every shard's samples into `samples.jsonl` (in selection order), then write the summary
+        and, last, `results.json`: its presence means the run is complete. Serialised by a lock so that
+        two shards finishing together do not merge at the same time."""
+        import fcntl
+
+        with open(self.path / ".finish.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            shard_files = [p for p in self._sample_files() if p != self.samples_path]
+            if shard_files:
+                write_text_atomic(self.samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
+                for path in shard_files:
+                    path.unlink()
+            write_text_atomic(self.summary_path, summary)
+            write_json_atomic(self.results_path, results)
 
 
 def load_results(path: str | Path) -> dict:

@@ -42,6 +42,7 @@ class RunRequest:
     data_dir: str | None = None
     overrides: list[str] = field(default_factory=list)
     threads: int | None = None  # CPU threads for torch (default: torch's own choice)
+    shard: tuple[int, int] | None = None  # (index, count): this process generates only its shard
     progress: bool = True
 
 
@@ -79,6 +80,23 @@ def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | 
             rows.append(row)
     rows.sort(key=lambda row: position_of_skeleton[row["skeleton_id"]])  # stable: keeps row order within
     return rows[:limit] if limit is not None else rows
+
+
+def in_shard(row: dict, shard: tuple[int, int] | None) -> bool:
+    """Shards split by skeleton (a stable hash of its id), so rows that share a chat stay together."""
+    if shard is None:
+        return True
+    index, count = shard
+    return int(hashlib.sha256(row["skeleton_id"].encode()).hexdigest(), 16) % count == index
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise UserError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2")
+    return int(index), int(count)
 
 
 def _slug(text: str) -> str:
@@ -220,8 +238,9 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     }
     run_dir = RunDir(request.output_dir or default_output_dir(identity))
     run_dir.start(identity)
-    done = run_dir.completed()
-    todo = [row for row in rows if row["id"] not in done]
+    own_file = run_dir.shard_path(request.shard)
+    done = run_dir.completed(own=own_file)
+    todo = [row for row in rows if row["id"] not in done and in_shard(row, request.shard)]
     if not todo and run_dir.results_path.exists():
         print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
         return load_results(run_dir.path), run_dir.path
@@ -241,13 +260,20 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     generator = HFGenerator(loaded, request.batch_size, method_config.generation)
     if todo:
         _generate_and_score(
-            generator, method_config, scorer, todo, run_dir, timings, request.progress, len(done), len(rows)
+            generator, method_config, scorer, todo, run_dir, own_file, timings, request.progress, len(done), len(rows)
         )
 
-    done = run_dir.completed()
+    done = run_dir.completed(own=own_file)
     samples = [done[row["id"]] for row in rows if row["id"] in done]
-    if len(samples) != len(rows):  # cannot happen unless the file was edited during the run
-        raise UserError(f"{run_dir.samples_path} lacks {len(rows) - len(samples)} replies; rerun to finish")
+    if len(samples) != len(rows):
+        if request.shard is not None:  # other shards are still at work: the last one to end finishes
+            print(
+                f"shard {request.shard[0]}/{request.shard[1]} done; {len(rows) - len(samples)} replies are "
+                "left to other shards (the last shard to end writes results.json)",
+                file=sys.stderr,
+            )
+            return None, run_dir.path
+        raise UserError(f"{run_dir.path} lacks {len(rows) - len(samples)} replies; rerun to finish")
     timings["total_s"] = time.perf_counter() - started
 
     results = {
@@ -281,7 +307,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "timings": {**timings, "samples_reused": len(rows) - len(todo)},
         "samples_file": run_dir.samples_path.name,
     }
-    run_dir.finish(results, summary_markdown(results))
+    run_dir.finish(samples, results, summary_markdown(results))
     return results, run_dir.path
 
 
@@ -308,7 +334,7 @@ def _predicted_share(samples: list[dict]) -> dict[str, float]:
     return {label: sum(s["predicted_emotion"] == label for s in samples) / len(samples) for label in labels}
 
 
-def _generate_and_score(generator, method_config, scorer, todo, run_dir, timings, progress, n_done, n_total):
+def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total):
     """Generate replies for `todo` rows, score each batch and append it to samples.jsonl at once.
 
     Rows whose chat is identical (the `none` method sends one chat for all six targets) share one
@@ -349,7 +375,7 @@ def _generate_and_score(generator, method_config, scorer, todo, run_dir, timings
             }
             for (row, messages), text, score in zip(batch_rows, texts, scores)
         ]
-        run_dir.append(records)
+        run_dir.append(records, own_file)
         timings["scoring_s"] += time.perf_counter() - score_start
         bar.update(len(records))
 

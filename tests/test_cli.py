@@ -30,6 +30,7 @@ def _error_line(capsys, argv: list[str]) -> str:
         (["run", "--method", "telepathy"], "unknown method 'telepathy'"),
         (["run", "--scorer", "oracle"], "unknown scorer 'oracle'"),
         (["run", "--threads", "0"], "--threads must be >= 1"),
+        (["run", "--shard", "2/2"], "expected I/N with 0 <= I < N"),
         (["run", "--emotions", "joy"], "unknown emotion 'joy'"),
         (["run", "--valences", "mixed"], "unknown valence 'mixed'"),
         (["run", "--split", "validation"], "unknown split 'validation'"),

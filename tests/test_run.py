@@ -180,3 +180,25 @@ def test_limit_interleaves_themes(sev_data_dir):
     assert {(row["valence"], row["target_emotion"]) for row in rows} == {(v, e) for v in VALENCES for e in EMOTIONS}
     assert rows[0]["id"] == "work_test_00__positive__anger"
     assert len(select_rows(test, list(EMOTIONS), list(VALENCES), None)) == 2880
+
+
+def test_shards_on_one_dir_add_up_to_the_unsharded_run(tmp_path):
+    # 5 skeletons (2 emotions x 3 valences each); the shard hash puts 4 in one shard and 1 in the other
+    selection = {"emotions": ["anger", "fear"], "limit": 30}
+    whole, whole_dir = run(_request(tmp_path / "whole", **selection))
+    first, run_dir = run(_request(tmp_path / "sharded", shard=(0, 2), **selection))
+    assert first is None and not (run_dir / "results.json").exists()
+    shard_zero = _samples_of(run_dir / "samples.shard-0-of-2.jsonl")
+    assert 0 < len(shard_zero) < 30
+    results, _ = run(_request(tmp_path / "sharded", shard=(1, 2), **selection))
+    assert not list(run_dir.glob("samples.shard-*"))  # merged into samples.jsonl
+    samples = _samples(run_dir)
+    assert len(samples) == 30
+    assert {s["id"]: s["completion"] for s in samples} == {s["id"]: s["completion"] for s in _samples(whole_dir)}
+    assert results["metrics"] == whole["metrics"]
+    zero_skeletons = {s["skeleton_id"] for s in shard_zero}
+    assert not zero_skeletons & {s["skeleton_id"] for s in samples if s not in shard_zero}
+
+
+def _samples_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
