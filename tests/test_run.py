@@ -202,3 +202,14 @@ def test_shards_on_one_dir_add_up_to_the_unsharded_run(tmp_path):
 
 def _samples_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_result_files_get_the_usual_permissions(reference_run):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "summary.md", "run.json"):
+        mode = stat.S_IMODE((reference_run[1] / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, name
