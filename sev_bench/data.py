@@ -160,9 +160,8 @@ def fetch(pinned: PinnedFile, data_dir: str | Path | None = None, verify: bool =
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All objects of a JSONL file; a bad line stops with its file and line number."""
-    rows = []
+def iter_jsonl(path: Path, expected: str = "one JSON object per line"):
+    """(line number, object) for each non-blank line; a bad line stops with its file, line and `expected`."""
     try:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
@@ -171,13 +170,17 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{number}: bad JSON ({exc.msg}); expected one object per line") from None
+                    raise UserError(f"{path}:{number}: bad JSON ({exc.msg}); expected {expected}") from None
                 if not isinstance(row, dict):
-                    raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
+                    raise UserError(f"{path}:{number}: got a JSON {type(row).__name__}; expected {expected}")
+                yield number, row
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is unreadable ({exc}); expected UTF-8 JSON lines") from None
-    return rows
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All objects of a JSONL file (see `iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def parse_skeletons(path: Path) -> list[dict]:
@@ -281,7 +284,7 @@ def load_reference(split: str, data_dir: str | Path | None = None, verify: bool 
     rows = []
     for outcome in ("accepted", "rejected"):
         path = fetch(REFERENCE_FILES[(split, outcome)], data_dir, verify)
-        for number, row in enumerate(read_jsonl(path), 1):
+        for number, row in iter_jsonl(path):
             judge = row.get("judge")
             if (
                 row.get("emotion") not in EMOTIONS

@@ -101,7 +101,7 @@ def test_unreadable_file(sev_data_dir, tmp_path):
     ("line", "message"),
     [
         ("{not json", "bad JSON"),
-        ("[1, 2]", "expected a JSON object"),
+        ("[1, 2]", "got a JSON list"),
         (
             '{"skeleton_id": "x_00", "theme": "Work/Job", "scenario": "s", '
             '"event": {"positive": "p", "negative": "n"}}',

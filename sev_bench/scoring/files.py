@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..data import iter_jsonl
 from ..errors import UserError
 from ..prompts import EMOTIONS
 from .base import Scorer
@@ -23,30 +24,18 @@ def _read_rows(path: Path, text_field: str, target_field: str) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path} is not a file; expected a JSONL file, {expected}")
     rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{where}: bad JSON ({exc.msg}); expected {expected}") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{where}: got a JSON {type(row).__name__}; expected {expected}")
-                if not isinstance(row.get(text_field), str):
-                    problem = "missing field" if text_field not in row else "non-string field"
-                    raise UserError(f"{where}: {problem} {text_field!r}; expected {expected}")
-                if target_field not in row:
-                    raise UserError(f"{where}: missing field {target_field!r}; expected {expected}")
-                if row[target_field] not in EMOTIONS:
-                    raise UserError(
-                        f"{where}: {target_field!r} is {row[target_field]!r}; expected one of {', '.join(EMOTIONS)}"
-                    )
-                rows.append(row)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); expected UTF-8 JSON lines") from None
+    for number, row in iter_jsonl(path, expected):
+        where = f"{path}:{number}"
+        if not isinstance(row.get(text_field), str):
+            problem = "missing field" if text_field not in row else "non-string field"
+            raise UserError(f"{where}: {problem} {text_field!r}; expected {expected}")
+        if target_field not in row:
+            raise UserError(f"{where}: missing field {target_field!r}; expected {expected}")
+        if row[target_field] not in EMOTIONS:
+            raise UserError(
+                f"{where}: {target_field!r} is {row[target_field]!r}; expected one of {', '.join(EMOTIONS)}"
+            )
+        rows.append(row)
     return rows
 
 
