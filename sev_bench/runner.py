@@ -337,15 +337,15 @@ def _predicted_share(samples: list[dict]) -> dict[str, float]:
 def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total):
     """Generate replies for `todo` rows, score each batch and append it to samples.jsonl at once.
 
-    Rows whose chat is identical (the `none` method sends one chat for all six targets) share one
-    generation: greedy decoding without interventions gives the same reply anyway."""
+    Rows of a prompt-only method whose chat is identical (`none` sends one chat for all six targets)
+    share one generation: greedy decoding without interventions gives the same reply anyway."""
     method = method_config.method
     conversations: list[list[dict]] = []
     rows_of_conversation: list[list[dict]] = []
     index_of_chat: dict[str, int] = {}
     for row in todo:
         messages = method.messages(row, row["target_emotion"])
-        key = json.dumps(messages) if not method.uses_target_in_prompt else row["id"]
+        key = json.dumps(messages) if method.kind == "prompt" else row["id"]
         if key not in index_of_chat:
             index_of_chat[key] = len(conversations)
             conversations.append(messages)

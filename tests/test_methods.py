@@ -42,7 +42,6 @@ def test_none_sends_the_neutral_prompt_whatever_the_target():
         "role": "system",
         "content": "Keep the reply to at most two sentences.",
     }
-    assert not method.uses_target_in_prompt
 
 
 def test_default_generation_is_the_protocols_greedy_100_tokens():

@@ -48,7 +48,7 @@ class ControlMethod:
     `messages` (and `interventions` / `fit` when they change activations)."""
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = "prompt"  # "prompt", "steer" or "circuit"
+    kind: ClassVar[str] = "prompt"  # "prompt" (no interventions), "steer" or "circuit"
     description: ClassVar[str] = ""
     backends: ClassVar[frozenset[str]] = frozenset({"hf"})
     params: ClassVar[dict[str, Param]] = {}
@@ -72,11 +72,6 @@ class ControlMethod:
 
     def fit(self, model: Any, tokenizer: Any, train_split: Any) -> Any:
         return None
-
-    @property
-    def uses_target_in_prompt(self) -> bool:
-        """False when the chat is the same for every target emotion (so a reply can be shared)."""
-        return True
 
 
 METHODS: Registry[ControlMethod] = Registry("method", "sev_bench.methods", ControlMethod)

@@ -17,10 +17,6 @@ class NoControl(ControlMethod):
     def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
         return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
 
-    @property
-    def uses_target_in_prompt(self) -> bool:
-        return False
-
 
 @METHODS.register("prompting")
 class Prompting(ControlMethod):
