@@ -27,10 +27,20 @@ def sev_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sev_data_dir() -> Path:
+    """The workspace copy (`../shared/sev`) or $SEV_BENCH_DATA_DIR; elsewhere, the pinned release
+    downloaded into the user's cache (sha256-checked), as `sev-bench run` would."""
     path = sev_dir()
-    if not (path / "sev.jsonl").is_file():
-        pytest.fail(f"SEV files not found in {path}; set SEV_BENCH_DATA_DIR")
-    return path
+    if (path / "sev.jsonl").is_file():
+        return path
+    from sev_bench import data
+    from sev_bench.errors import UserError
+
+    try:
+        for pinned in [*data.SEV_FILES.values(), *data.REFERENCE_FILES.values()]:
+            data.fetch(pinned)
+    except UserError as exc:
+        pytest.fail(f"SEV files not found in {path} and not downloadable ({exc}); set SEV_BENCH_DATA_DIR")
+    return data.data_root()[0]
 
 
 @pytest.fixture(autouse=True)
