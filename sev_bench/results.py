@@ -117,9 +117,10 @@ class RunDir:
             if shard_files:
                 write_text_atomic(self.samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
                 for path in shard_files:
-                    path.unlink()
+                    path.unlink(missing_ok=True)  # a shard finishing at the same moment may have merged
             write_text_atomic(self.summary_path, summary)
             write_json_atomic(self.results_path, results)
+        (self.path / ".finish.lock").unlink(missing_ok=True)
 
 
 def load_results(path: str | Path) -> dict:

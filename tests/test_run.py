@@ -192,6 +192,7 @@ def test_shards_on_one_dir_add_up_to_the_unsharded_run(tmp_path):
     assert 0 < len(shard_zero) < 30
     results, _ = run(_request(tmp_path / "sharded", shard=(1, 2), **selection))
     assert not list(run_dir.glob("samples.shard-*"))  # merged into samples.jsonl
+    assert not (run_dir / ".finish.lock").exists()
     samples = _samples(run_dir)
     assert len(samples) == 30
     assert {s["id"]: s["completion"] for s in samples} == {s["id"]: s["completion"] for s in _samples(whole_dir)}
