@@ -85,13 +85,10 @@ class HFGenerator:
                 **settings,
             )
         new_tokens = output[:, encoded.input_ids.shape[1] :]
-        lengths = _lengths_up_to_eos(new_tokens, settings_eos(self.loaded)).tolist()
+        lengths, ended = _reply_lengths(new_tokens, settings_eos(self.loaded))
         self.new_token_count += sum(lengths)
-        # Cut each reply at its EOS (excluded) before decoding: EOS tokens need not be "special".
-        reply_tokens = [
-            row[: length - 1] if length <= len(row) and _is_eos(row[length - 1], self.loaded) else row[:length]
-            for row, length in zip(new_tokens.tolist(), lengths)
-        ]
+        # Cut each reply before its EOS (and the padding after it): EOS tokens need not be "special".
+        reply_tokens = [row[: length - stop] for row, length, stop in zip(new_tokens.tolist(), lengths, ended)]
         return tokenizer.batch_decode(reply_tokens, skip_special_tokens=True)
 
     def generate(
@@ -131,20 +128,16 @@ def settings_eos(loaded: LoadedModel):
     return loaded.model.generation_config.eos_token_id or loaded.tokenizer.eos_token_id
 
 
-def _is_eos(token_id: int, loaded: LoadedModel) -> bool:
-    eos = settings_eos(loaded)
-    return token_id in eos if isinstance(eos, list) else token_id == eos
-
-
-def _lengths_up_to_eos(new_tokens, eos):
-    """Per row, the number of generated tokens up to and including the first EOS (all if none)."""
+def _reply_lengths(new_tokens, eos) -> tuple[list[int], list[int]]:
+    """Per row: the generated tokens up to and including the first EOS (all if none), and 1 if the row
+    ended with an EOS, else 0."""
     import torch
 
     eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device)
     is_eos = torch.isin(new_tokens, eos_ids)
-    width = new_tokens.shape[1]
-    no_eos = torch.full_like(is_eos[:, 0], width, dtype=torch.long)
-    return torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, no_eos)
+    ended = is_eos.any(dim=1)
+    lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, new_tokens.shape[1])
+    return lengths.tolist(), ended.int().tolist()
 
 
 def _free_cached_memory() -> None:
