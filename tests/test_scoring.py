@@ -4,7 +4,6 @@ paper's judge on the test split, and JSONL scoring with its error paths."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,6 @@ from sev_bench.scoring import SCORERS, Scorer, load_scorer
 from sev_bench.scoring.agreement import evaluate_agreement, format_agreement
 from sev_bench.scoring.files import score_jsonl
 from sev_bench.scoring.minilm_probe import METADATA_KEY, MiniLMProbe, default_path, train_probe
-
-DATA_DIR = Path(os.environ.get("SEV_BENCH_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "sev")
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"SEV data not found at {DATA_DIR}")
 
 
 class KeywordScorer(Scorer):
@@ -53,25 +49,23 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def probe(cache) -> MiniLMProbe:
-    path = train_probe(data_dir=DATA_DIR)
+def probe(cache, sev_data_dir) -> MiniLMProbe:
+    path = train_probe(data_dir=sev_data_dir)
     assert path == default_path() and path.is_relative_to(cache)
-    return MiniLMProbe.load(data_dir=DATA_DIR, verbose=False)  # loads the file just trained
+    return MiniLMProbe.load(data_dir=sev_data_dir, verbose=False)  # loads the file just trained
 
 
 @pytest.fixture(scope="module")
-def report(probe) -> dict:
-    return evaluate_agreement(probe, DATA_DIR)
+def report(probe, sev_data_dir) -> dict:
+    return evaluate_agreement(probe, sev_data_dir)
 
 
-@needs_data
-def test_training_is_deterministic(probe, tmp_path):
-    again = train_probe(data_dir=DATA_DIR, out_path=tmp_path / "again.safetensors", seed=0)
+def test_training_is_deterministic(probe, tmp_path, sev_data_dir):
+    again = train_probe(data_dir=sev_data_dir, out_path=tmp_path / "again.safetensors", seed=0)
     assert sha256_of(again) == probe.sha256 == sha256_of(probe.weights_path)
     assert not [p for p in again.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@needs_data
 def test_saved_probe_is_plain_safetensors(probe):
     from safetensors import safe_open
 
@@ -101,18 +95,16 @@ def test_saved_probe_is_plain_safetensors(probe):
     assert not [p for p in probe.weights_path.parent.iterdir() if p.suffix in {".pkl", ".pickle", ".joblib"}]
 
 
-@needs_data
-def test_load_trains_once_when_missing(probe, tmp_path, monkeypatch, capsys):
+def test_load_trains_once_when_missing(probe, tmp_path, monkeypatch, capsys, sev_data_dir):
     monkeypatch.setenv("SEV_BENCH_CACHE", str(tmp_path))
-    fresh = load_scorer("minilm-probe", data_dir=DATA_DIR)
+    fresh = load_scorer("minilm-probe", data_dir=sev_data_dir)
     assert "minilm-probe not trained yet" in capsys.readouterr().err
     assert fresh.weights_path == tmp_path / "scorers" / "minilm-probe" / "probe.safetensors"
     assert fresh.sha256 == probe.sha256
-    load_scorer("minilm-probe", data_dir=DATA_DIR)
+    load_scorer("minilm-probe", data_dir=sev_data_dir)
     assert capsys.readouterr().err == ""
 
 
-@needs_data
 def test_damaged_probe_file_is_a_user_error(tmp_path):
     bad = tmp_path / "probe.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
@@ -120,7 +112,6 @@ def test_damaged_probe_file_is_a_user_error(tmp_path):
         MiniLMProbe.from_file(bad)
 
 
-@needs_data
 def test_score_fields(probe):
     texts = [
         "Are you kidding me? This is completely unacceptable, I am sick and tired of this incompetence!",
@@ -141,7 +132,6 @@ def test_score_fields(probe):
     assert info["id"] == "minilm-probe" and len(info["sha256"]) == 64 and info["labels"] == list(EMOTIONS)
 
 
-@needs_data
 def test_accuracy_and_agreement_with_the_judge(probe, report):
     overall = report["overall"]
     assert overall["n"] == 2880 and overall["n_judge_accepted"] == 2850
