@@ -40,6 +40,10 @@ class ArchAdapter:
     attn_out_proj: str  # attention output projection inside a layer (its input = per-head outputs)
     mlp: str  # MLP block inside a layer
     mlp_down_proj: str  # MLP down projection inside a layer (its input = gated neuron activations)
+    # The modules whose outputs are added to the residual stream (the sublayer outputs): the attention
+    # and MLP blocks themselves, or the norms after them in families that normalise sublayer outputs.
+    attn_residual: str = "self_attn"
+    mlp_residual: str = "mlp"
 
 
 _LLAMA_LIKE = ArchAdapter(
@@ -50,6 +54,17 @@ _LLAMA_LIKE = ArchAdapter(
     mlp_down_proj="mlp.down_proj",
 )
 
+# Gemma 2 / 3 normalise each sublayer's output before the residual add.
+_GEMMA2_LIKE = ArchAdapter(
+    layers="model.layers",
+    attn="self_attn",
+    attn_out_proj="self_attn.o_proj",
+    mlp="mlp",
+    mlp_down_proj="mlp.down_proj",
+    attn_residual="post_attention_layernorm",
+    mlp_residual="post_feedforward_layernorm",
+)
+
 # One table, keyed by `config.model_type`; every family here uses a SwiGLU MLP and o_proj.
 ADAPTERS: dict[str, ArchAdapter] = {
     "llama": _LLAMA_LIKE,
@@ -57,8 +72,8 @@ ADAPTERS: dict[str, ArchAdapter] = {
     "qwen3": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "gemma2": _GEMMA2_LIKE,
+    "gemma3_text": _GEMMA2_LIKE,
 }
 
 

@@ -67,13 +67,17 @@ class HFGenerator:
         )
         return Encoded(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
 
-    def _generate_batch(self, prompts: Sequence[str]) -> list[str]:
+    def _generate_batch(self, prompts: Sequence[str], interventions: Sequence = ()) -> list[str]:
         import torch
+
+        from ..interventions import HookSession
 
         tokenizer = self.loaded.tokenizer
         encoded = self.encode(prompts)
         settings = self.config.as_dict()
-        with torch.inference_mode():
+        # The hooks live for this batch only, so callbacks between batches (scoring, perplexity) see
+        # the unmodified model.
+        with torch.inference_mode(), HookSession(self.loaded, interventions):
             output = self.loaded.model.generate(
                 input_ids=encoded.input_ids,
                 attention_mask=encoded.attention_mask,
@@ -95,9 +99,11 @@ class HFGenerator:
         self,
         conversations: Sequence[Messages],
         on_batch: Callable[[list[int], list[str]], None] | None = None,
+        interventions: Sequence = (),
     ) -> list[str]:
         """Replies to `conversations`, in order. `on_batch(indices, replies)` is called after each
-        batch (for progress and incremental saving)."""
+        batch (for progress and incremental saving). `interventions` (InterventionSpecs) apply to every
+        row while it generates."""
         tokenizer = self.loaded.tokenizer
         prompts = [render_prompt(tokenizer, messages) for messages in conversations]
         lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -107,7 +113,7 @@ class HFGenerator:
         while start < len(order):
             indices = order[start : start + self.batch_size]
             try:
-                batch_replies = self._generate_batch([prompts[i] for i in indices])
+                batch_replies = self._generate_batch([prompts[i] for i in indices], interventions)
             except (RuntimeError, MemoryError) as exc:
                 if not _is_out_of_memory(exc) or self.batch_size == 1:
                     raise
