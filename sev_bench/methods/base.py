@@ -3,13 +3,14 @@
 A method declares what it sends and what it changes, never how the engine runs:
 - `messages(sample, target_emotion)`: the chat it sends for one SEV row;
 - `interventions(artifact, target_emotion)`: InterventionSpecs for the hook layer (none for prompting);
-- `fit(model, tokenizer, train_split)`: optional; returns an artifact (directions, circuits).
+- `prepare(context)`: loads or discovers the artifact (directions, circuits) `interventions` uses.
 Hyper-parameters are declared in `params` (name -> Param) and arrive validated in `self.params`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import UserError
@@ -43,9 +44,22 @@ class Param:
         return value
 
 
+@dataclass
+class PrepareContext:
+    """What `ControlMethod.prepare` may use to load or build its artifact for the loaded model."""
+
+    loaded: Any  # sev_bench.models.LoadedModel
+    scorer: Any  # the run's scorer (discovery may filter replies with it)
+    data_dir: str | None
+    dtype: str = "auto"
+    batch_size: int = 16
+    progress: bool = True
+    log: Callable[[str], None] = field(default=print)
+
+
 class ControlMethod:
     """Base class of every method. Subclasses set `name`, `kind`, `description`, `params` and override
-    `messages` (and `interventions` / `fit` when they change activations)."""
+    `messages` (and `prepare` / `interventions` when they change activations)."""
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "prompt"  # "prompt" (no interventions), "steer" or "circuit"
@@ -67,11 +81,14 @@ class ControlMethod:
     def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
         raise NotImplementedError
 
+    def prepare(self, context: PrepareContext) -> Any:
+        """Load (or discover, then cache) what `interventions` needs for this model: directions,
+        circuits. Returns the artifact, with `path` and `sha256` attributes for the results; None for
+        methods that only change the prompt."""
+        return None
+
     def interventions(self, artifact: Any, target_emotion: str) -> list:
         return []
-
-    def fit(self, model: Any, tokenizer: Any, train_split: Any) -> Any:
-        return None
 
 
 METHODS: Registry[ControlMethod] = Registry("method", "sev_bench.methods", ControlMethod)

@@ -44,6 +44,13 @@ class MethodConfig:
     generation: GenerationConfig
     description: str
     source: str  # where the config came from ("builtin:prompting.yaml", a path, or "registry")
+    generation_declared: bool = False  # the config chose decoding settings other than the benchmark's
+
+    @property
+    def decoding_policy(self) -> str:
+        """"benchmark-default" (greedy, max_new_tokens 100, nothing else: the same for every method) or
+        "method-declared" (the config asked for its own, e.g. a repetition penalty)."""
+        return "method-declared" if self.generation_declared else "benchmark-default"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -150,4 +157,5 @@ def resolve_method(name_or_path: str, overrides: list[str] | None = None) -> Met
     method = implementation(**{**yaml_params, **cli_overrides})
     generation = _generation(data.get("generation"), f"method config {source}")
     description = data.get("description") or implementation.description
-    return MethodConfig(name, method, generation, description, source)
+    declared = generation != GenerationConfig()
+    return MethodConfig(name, method, generation, description, source, declared)

@@ -1,0 +1,433 @@
+"""Context-agnostic emotion directions (protocol section 2, steps 1-2), on the train split.
+
+1. Elicit: the prompting chat ("Always reply in {emotion}. ...") for every train row. With
+   `accept="scorer"` the model generates a reply and a row counts only if the scorer names its target
+   emotion (the paper filters with its judge); with `accept="all"` every row counts and nothing is
+   generated (the activations read below depend on the prompt alone).
+2. Read, at the last prompt token of every counted row, the residual after each layer's attention
+   sublayer (`h_in + attn_out`, position "attn") and after the layer (position "mlp").
+3. For each (skeleton, valence) group with all six emotions counted: centre the six states on their
+   mean; average the centred states over groups (centroids); remove the centroids' mean; L2-normalise.
+   Per layer and position this gives one unit direction per emotion.
+
+The artifact is a folder: `directions.safetensors` (`attn`, `mlp`: [6 emotions, layers, hidden], plus
+`attn.<valence>` / `mlp.<valence>` from each valence's groups alone), `metadata.json` (model, scorer,
+dataset, groups, config; written last, so its presence marks a complete artifact), `report.md` + PNGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import __version__, prompts
+from ..atomic import write_json_atomic
+from ..errors import UserError
+from ..paths import cache_dir
+from ..prompts import EMOTIONS, VALENCES
+
+ARTIFACT_FORMAT = "sev-bench-directions/1"
+POSITIONS = ("attn", "mlp")
+# Below this many complete groups a centroid is an average of too few contrasts to mean much (the paper
+# had about 450); discovery stops instead of saving directions that are mostly noise.
+MIN_GROUPS = 8
+ACCEPT_MODES = ("all", "scorer")
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    accept: str = "all"  # "scorer": only replies the scorer accepts count; "all": every row counts
+    limit: int | None = None  # the first N train rows (themes interleaved); None = all 2,304
+    system_template: str = prompts.PROMPTING_SYSTEM_TEMPLATE
+    max_new_tokens: int = 100  # elicitation replies (accept="scorer" only)
+
+    def __post_init__(self) -> None:
+        if self.accept not in ACCEPT_MODES:
+            raise UserError(f"accept={self.accept!r}: expected one of {', '.join(ACCEPT_MODES)}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("the discovery limit must be >= 1 (or absent for the whole train split)")
+
+
+# ----------------------------------------------------------------------------- the formula
+
+
+def emotion_directions(states):
+    """Unit directions [6, ...] from last-token states [groups, 6 emotions, ...] (protocol step 2)."""
+    delta = states - states.mean(dim=1, keepdim=True)  # within-group centring
+    centroids = delta.mean(dim=0)  # [6, ...]
+    centred = centroids - centroids.mean(dim=0, keepdim=True)  # global-mean removal (a no-op: see protocol)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------- the artifact
+
+
+@dataclass
+class Directions:
+    path: Path
+    tensors: dict  # name -> tensor [6, layers, hidden]
+    metadata: dict
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata["tensors_sha256"]
+
+    @property
+    def num_layers(self) -> int:
+        return self.tensors["mlp"].shape[1]
+
+    def vector(self, position: str, emotion: str, layer: int):
+        return self.tensors[position][EMOTIONS.index(emotion), layer]
+
+
+def model_signature(loaded) -> dict:
+    config = loaded.model.config
+    return {
+        "id": loaded.model_id,
+        "revision": loaded.revision,
+        "architecture": config.model_type,
+        "num_layers": loaded.num_layers,
+        "hidden_size": config.hidden_size,
+    }
+
+
+def check_model(metadata: dict, loaded, where: Path, what: str = "directions") -> None:
+    """Refuse an artifact made for another model (same weights under another name are accepted)."""
+    made_for, given = metadata["model"], model_signature(loaded)
+    keys = ("revision", "architecture", "num_layers", "hidden_size")
+    if any(made_for[key] != given[key] for key in keys):
+        raise UserError(
+            f"the {what} in {where} were made for model {made_for['id']} ({made_for['revision']}), "
+            f"not {given['id']} ({given['revision']}); discover them for this model"
+        )
+
+
+def load_directions(path: str | Path) -> Directions:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_path = path / "metadata.json"
+    if not meta_path.is_file():
+        raise UserError(f"{path} is not a directions artifact (no metadata.json); run `sev-bench discover directions`")
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{meta_path} is unreadable ({exc})") from None
+    if metadata.get("format") != ARTIFACT_FORMAT:
+        raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {ARTIFACT_FORMAT}")
+    tensor_path = path / "directions.safetensors"
+    digest = _file_sha256(tensor_path) if tensor_path.is_file() else None
+    if digest != metadata.get("tensors_sha256"):
+        raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
+    return Directions(path, load_file(str(tensor_path)), metadata)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_key(loaded, dataset_sha256: str, scorer_sha256: str | None, config: DirectionConfig, dtype: str) -> dict:
+    """Everything the directions depend on (hashed into the default cache folder name)."""
+    return {
+        "format": ARTIFACT_FORMAT,
+        "model": model_signature(loaded),
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        "dtype_requested": dtype,
+        "dataset_sha256": dataset_sha256,
+        "scorer_sha256": scorer_sha256 if config.accept == "scorer" else None,
+        "config": asdict(config),
+    }
+
+
+def default_artifact_dir(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(key["model"]["id"]).name)[:40]
+    return cache_dir() / "directions" / f"{slug}_{digest}"
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def discover_directions(
+    loaded,
+    *,
+    config: DirectionConfig,
+    dataset_sha256: str,
+    train_rows: list[dict],
+    scorer=None,
+    output_dir: str | Path | None = None,
+    dtype: str = "auto",
+    batch_size: int = 16,
+    progress: bool = True,
+    log=print,
+) -> tuple[Directions, bool]:
+    """Directions for `loaded`: reused when `output_dir` (default: the cache folder for these inputs)
+    already holds them for the same inputs, else computed there. Returns (directions, reused)."""
+    if config.accept == "scorer" and scorer is None:
+        raise ValueError("accept='scorer' needs a scorer")
+    key = artifact_key(loaded, dataset_sha256, scorer.sha256 if scorer is not None else None, config, dtype)
+    out = Path(output_dir) if output_dir else default_artifact_dir(key)
+    if (out / "metadata.json").is_file():
+        existing = load_directions(out)
+        if existing.metadata.get("key") == key:
+            log(f"reusing the emotion directions in {out} (same model, data, scorer and settings)")
+            return existing, True
+        if output_dir:
+            raise UserError(f"{out} holds directions made from other inputs; choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    rows = train_rows[: config.limit] if config.limit else list(train_rows)
+    started = time.perf_counter()
+    if config.accept == "scorer":
+        accepted = _elicit_and_accept(loaded, rows, config, scorer, out, batch_size, progress)
+    else:
+        accepted = {row["id"]: True for row in rows}
+    timings["elicitation_s"] = time.perf_counter() - started
+
+    groups = _complete_groups(rows, accepted)
+    per_valence = {v: sum(1 for g in groups if g[0][1] == v) for v in VALENCES}
+    if len(groups) < MIN_GROUPS:
+        raise UserError(
+            f"only {len(groups)} (skeleton, valence) groups have all six emotions accepted "
+            f"(accept={config.accept}, {len(rows)} train rows); at least {MIN_GROUPS} are needed. "
+            "Use more rows (drop --limit) or accept=all for a model that rarely follows emotion prompts"
+        )
+    log(
+        f"{len(groups)} complete groups ({', '.join(f'{v} {n}' for v, n in per_valence.items())}); "
+        f"reading last-token states of {6 * len(groups)} prompts"
+    )
+
+    started = time.perf_counter()
+    ordered_rows = [row for _, members in groups for row in members]  # group-major, emotions in EMOTIONS order
+    states = read_last_token_states(loaded, ordered_rows, config.system_template, batch_size, progress)
+    timings["activations_s"] = time.perf_counter() - started
+
+    import torch
+
+    tensors = {}
+    for position in POSITIONS:
+        grouped = states[position].reshape(len(groups), len(EMOTIONS), *states[position].shape[1:])
+        tensors[position] = emotion_directions(grouped)
+        for valence in VALENCES:
+            mask = torch.tensor([g[0][1] == valence for g in groups])
+            if int(mask.sum()) > 0:
+                tensors[f"{position}.{valence}"] = emotion_directions(grouped[mask])
+    tensors = {name: t.contiguous() for name, t in tensors.items()}
+
+    from safetensors.torch import save_file
+
+    tensor_path = out / "directions.safetensors"
+    staging = out / "directions.safetensors.partial"
+    save_file(tensors, str(staging), metadata={"format": ARTIFACT_FORMAT})
+    staging.replace(tensor_path)
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "key": key,
+        "model": key["model"],
+        "dataset_sha256": dataset_sha256,
+        "scorer": scorer.info() if scorer is not None else None,
+        "config": asdict(config),
+        "emotions": list(EMOTIONS),
+        "positions": {"attn": "h_in + attn_out (after the attention sublayer)", "mlp": "decoder layer output"},
+        "train_rows": len(rows),
+        "accepted_rows": sum(bool(v) for v in accepted.values()),
+        "accepted_by_emotion": {
+            e: sum(bool(accepted.get(r["id"])) for r in rows if r["target_emotion"] == e) for e in EMOTIONS
+        },
+        "groups": len(groups),
+        "groups_per_emotion": {e: len(groups) for e in EMOTIONS},  # complete groups: each has all six
+        "groups_by_valence": per_valence,
+        "min_groups": MIN_GROUPS,
+        "tensors_sha256": _file_sha256(tensor_path),
+        "sev_bench_version": __version__,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    directions = Directions(out, tensors, metadata)
+    from .report import write_directions_report
+
+    write_directions_report(directions, states, groups, out)
+    write_json_atomic(out / "metadata.json", metadata)  # last: marks the artifact complete
+    return directions, False
+
+
+def _elicit_and_accept(loaded, rows, config, scorer, out: Path, batch_size: int, progress: bool) -> dict[str, bool]:
+    """Prompt-elicited replies, scored; appended to `elicitation.jsonl` per batch so a killed discovery
+    resumes. Returns row id -> accepted."""
+    from ..backends.hf import GenerationConfig, HFGenerator
+
+    path = out / "elicitation.jsonl"
+    done: dict[str, bool] = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from a kill: that row is redone
+                done[record["id"]] = record["accepted"]
+    todo = [row for row in rows if row["id"] not in done]
+    if todo:
+        conversations = [_chat(row, config.system_template) for row in todo]
+        generator = HFGenerator(loaded, batch_size, GenerationConfig(max_new_tokens=config.max_new_tokens))
+        bar = _bar(len(rows), len(done), "eliciting", progress)
+
+        def save(indices, replies):
+            batch = [todo[i] for i in indices]
+            scores = scorer.score(replies, [row["target_emotion"] for row in batch])
+            with open(path, "a", encoding="utf-8") as handle:
+                for row, reply, score in zip(batch, replies, scores):
+                    done[row["id"]] = bool(score["correct"])
+                    record = {"id": row["id"], "completion": reply, "accepted": done[row["id"]]}
+                    handle.write(json.dumps(record) + "\n")
+            if bar is not None:
+                bar.update(len(batch))
+
+        try:
+            generator.generate(conversations, on_batch=save)
+        finally:
+            if bar is not None:
+                bar.close()
+    return done
+
+
+def _complete_groups(rows, accepted) -> list[tuple[tuple[str, str], list[dict]]]:
+    """((skeleton, valence), its six rows in EMOTIONS order) for groups with all six accepted."""
+    members: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if accepted.get(row["id"]):
+            members[(row["skeleton_id"], row["valence"])][row["target_emotion"]] = row
+    return [
+        (group, [by_emotion[e] for e in EMOTIONS])
+        for group, by_emotion in members.items()
+        if len(by_emotion) == len(EMOTIONS)
+    ]
+
+
+def _chat(row: dict, system_template: str) -> list[dict]:
+    return prompts.chat(system_template.format(emotion=row["target_emotion"]), row["scenario"], row["event"])
+
+
+def read_last_token_states(loaded, rows, system_template: str, batch_size: int, progress: bool) -> dict:
+    """{"attn": [rows, layers, hidden], "mlp": [rows, layers, hidden]} float32 states at each row's
+    last prompt token, from batched forward passes (prompts sorted by length to limit padding)."""
+    import torch
+
+    from ..backends.hf import HFGenerator, render_prompt
+    from ..interventions import Capture, HookSession
+
+    tokenizer = loaded.tokenizer
+    texts = [render_prompt(tokenizer, _chat(row, system_template)) for row in rows]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    layers = range(loaded.num_layers)
+    captures = [Capture(site, layer) for layer in layers for site in ("resid_mid", "resid_post")]
+    hidden = loaded.model.config.hidden_size
+    result = {p: torch.empty(len(rows), loaded.num_layers, hidden) for p in POSITIONS}
+    encoder = HFGenerator(loaded, batch_size)
+    bar = _bar(len(rows), 0, "reading states", progress)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        encoded = encoder.encode([texts[i] for i in indices])
+        with HookSession(loaded, captures=captures) as session, torch.inference_mode():
+            loaded.model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask, logits_to_keep=1)
+        for layer in layers:
+            result["attn"][indices, layer] = session.captured[("resid_mid", layer)][0]
+            result["mlp"][indices, layer] = session.captured[("resid_post", layer)][0]
+        if bar is not None:
+            bar.update(len(indices))
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def _bar(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="row", file=sys.stderr)
+
+
+def obtain_directions(context, accept: str, limit: int | None, output_dir=None) -> tuple[Directions, bool]:
+    """The cached directions for this model and these inputs, discovered first when there are none.
+    Returns (directions, reused)."""
+    from ..data import dataset_fingerprint, load_sev
+    from ..runner import select_rows  # not at the top: the runner imports the methods, which import this
+
+    config = DirectionConfig(accept=accept, limit=limit)
+    fingerprint = dataset_fingerprint(context.data_dir)
+    scorer = context.scorer if accept == "scorer" else None
+    if output_dir is None:
+        scorer_sha256 = scorer.sha256 if scorer is not None else None
+        target = default_artifact_dir(artifact_key(context.loaded, fingerprint, scorer_sha256, config, context.dtype))
+        if not (target / "metadata.json").is_file():
+            context.log(
+                f"no emotion directions cached for {context.loaded.model_id} with these settings; discovering "
+                f"them first (the same as `sev-bench discover directions --accept {accept}"
+                + (f" --limit {limit}" if limit else "")
+                + "`)"
+            )
+    train = select_rows(load_sev(context.data_dir)["train"], list(EMOTIONS), list(VALENCES), None)
+    return discover_directions(
+        context.loaded,
+        config=config,
+        dataset_sha256=fingerprint,
+        train_rows=train,
+        scorer=scorer,
+        output_dir=output_dir,
+        dtype=context.dtype,
+        batch_size=context.batch_size,
+        progress=context.progress,
+        log=context.log,
+    )
+
+
+def discover_for_model(
+    model: str,
+    *,
+    accept: str = "all",
+    limit: int | None = None,
+    output_dir: str | None = None,
+    scorer_name: str = "minilm-probe",
+    scorer_options: dict | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> tuple[Directions, bool]:
+    """`sev-bench discover directions`: load the model (and the scorer for accept="scorer"), then
+    reuse or compute the directions. Returns (directions, reused)."""
+    from ..methods.base import PrepareContext
+    from ..models import load_model
+
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be >= 1")
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if threads is not None:
+        if threads < 1:
+            raise UserError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    scorer = None
+    if accept == "scorer":
+        from ..scoring import load_scorer
+
+        scorer = load_scorer(scorer_name, data_dir=data_dir, options=scorer_options)
+    loaded = load_model(model, dtype=dtype, device=device)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    context = PrepareContext(loaded, scorer, data_dir, dtype, batch_size, progress, log=log)
+    return obtain_directions(context, accept, limit, output_dir=output_dir)

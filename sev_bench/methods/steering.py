@@ -1,0 +1,96 @@
+"""`steering`: add a context-agnostic emotion direction to decoder-layer outputs (protocol step 3).
+
+    h <- h + alpha * RMS(h) * v_e^(l)    for each layer l in the range,
+
+at each row's last prompt token and at every generated token. The directions come from
+`sev-bench discover directions` (discovered first, then cached, when the run finds none).
+"""
+
+from __future__ import annotations
+
+from .. import prompts
+from ..errors import UserError
+from .base import METHODS, ControlMethod, Param, PrepareContext
+
+# The protocol's layer range, 11..20 of Llama-3.2-3B's 28 layers, as fractions of depth.
+PROTOCOL_LAYERS = (11 / 28, 20 / 28)
+
+
+def resolve_layers(spec: str, num_layers: int) -> list[int]:
+    """`auto` (the protocol's range scaled to this depth), `A-B` (inclusive) or `a,b,c`."""
+    text = spec.strip()
+    try:
+        if text == "auto":
+            first, last = (round(fraction * num_layers) for fraction in PROTOCOL_LAYERS)
+            layers = list(range(first, last + 1))
+        elif "-" in text:
+            first, _, last = text.partition("-")
+            layers = list(range(int(first), int(last) + 1))
+        else:
+            layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"layers={spec!r}: expected auto, A-B or a comma list of layer numbers") from None
+    if not layers or any(not 0 <= layer < num_layers for layer in layers):
+        raise UserError(f"layers={spec!r}: this model has layers 0..{num_layers - 1}")
+    return layers
+
+
+@METHODS.register("steering")
+class Steering(ControlMethod):
+    name = "steering"
+    kind = "steer"
+    description = "adds alpha * RMS(h) * (emotion direction) to decoder-layer outputs (protocol step 3)"
+    params = {
+        "alpha": Param(float, 8.0, "steering strength (0 = no change)"),
+        "layers": Param(str, "auto", "auto (protocol: 11-20 of 28, scaled to depth), A-B, or a,b,c"),
+        "scale": Param(str, "rms", "rms: multiply by each token's RMS(h); none: add alpha * v as is"),
+        "position": Param(str, "mlp", "directions read after the layer (mlp) or after attention (attn)"),
+        "system_prompt": Param(str, prompts.STEERING_SYSTEM, "system prompt (no emotion in it)"),
+        "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
+        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
+        "directions": Param(str, "", "a directions artifact dir (default: the cache for this model)"),
+    }
+
+    def __init__(self, **overrides) -> None:
+        super().__init__(**overrides)
+        if self.params["scale"] not in ("rms", "none"):
+            raise UserError(f"scale={self.params['scale']!r}: expected rms or none")
+        if self.params["position"] not in ("mlp", "attn"):
+            raise UserError(f"position={self.params['position']!r}: expected mlp or attn")
+        if self.params["accept"] not in ("all", "scorer"):
+            raise UserError(f"accept={self.params['accept']!r}: expected all or scorer")
+        if self.params["discovery_limit"] < 0:
+            raise UserError("discovery_limit must be >= 0")
+
+    def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
+        return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
+
+    def prepare(self, context: PrepareContext):
+        from ..discovery.directions import check_model, load_directions, obtain_directions
+
+        if self.params["directions"]:
+            directions = load_directions(self.params["directions"])
+            check_model(directions.metadata, context.loaded, directions.path)
+        else:
+            directions, _ = obtain_directions(
+                context, accept=self.params["accept"], limit=self.params["discovery_limit"] or None
+            )
+        resolve_layers(self.params["layers"], directions.num_layers)  # fail now on a bad range
+        return directions
+
+    def interventions(self, artifact, target_emotion: str) -> list:
+        from ..interventions import InterventionSpec
+
+        alpha = self.params["alpha"]
+        norm = "rms" if self.params["scale"] == "rms" else "none"
+        return [
+            InterventionSpec(
+                "resid_post",
+                layer,
+                "add",
+                alpha * artifact.vector(self.params["position"], target_emotion, layer),
+                positions=frozenset({"last_prompt", "generated"}),
+                norm=norm,
+            )
+            for layer in resolve_layers(self.params["layers"], artifact.num_layers)
+        ]
