@@ -194,3 +194,46 @@ def test_run_refuses_directions_made_for_another_model(tmp_path, capsys, qwen, t
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "made for model tiny-random-qwen2" in err[0]
+
+
+def test_tune_runs_the_grid_on_dev_only_and_writes_a_runnable_config(tmp_path, monkeypatch):
+    from sev_bench import tuning
+
+    splits = []
+    real_run = tuning.run
+
+    def spy(request):
+        splits.append(request.split)
+        return real_run(request)
+
+    monkeypatch.setattr(tuning, "run", spy)
+    base = RunRequest(
+        model="tiny-random-qwen2", limit=12, scorer="test-keywords", progress=False, dtype="float32",
+        device="cpu", split="test", overrides=["discovery_limit=144"],
+    )
+    out = tmp_path / "tune"
+    summary = tuning.tune(tuning.TuneRequest("steering", tuning.parse_grid(["alpha=0,8"]), str(out), base))
+    assert splits == ["dev", "dev"]  # even though the base request said test
+    assert [p["point"] for p in summary["points"]] == [{"alpha": "0"}, {"alpha": "8"}]
+    best = max(summary["points"], key=lambda p: p["objective"])
+    assert summary["chosen"] == best["point"]
+    tuned = resolve_method(str(out / "tuned.yaml"))
+    assert tuned.method.name == "steering"
+    assert tuned.method.params["alpha"] == float(summary["chosen"]["alpha"])
+    assert tuned.method.params["discovery_limit"] == 144
+    assert "(chosen)" in (out / "tuning.md").read_text()
+
+
+def test_tune_grid_errors():
+    from sev_bench import tuning
+
+    for bad in (["alpha"], ["alpha="], ["=1,2"], []):
+        with pytest.raises(UserError):
+            tuning.parse_grid(bad)
+    with pytest.raises(UserError, match="twice"):
+        tuning.parse_grid(["alpha=1", "alpha=2"])
+    base = RunRequest(overrides=["alpha=3"])
+    with pytest.raises(UserError, match="both in --grid and --set"):
+        tuning.tune(tuning.TuneRequest("steering", {"alpha": ["1"]}, "unused", base))
+    with pytest.raises(UserError, match="expected float"):
+        tuning.tune(tuning.TuneRequest("steering", {"alpha": ["strong"]}, "unused", RunRequest()))

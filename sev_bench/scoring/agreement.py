@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from .. import data
 from ..metrics import cohen_kappa
 from ..prompts import EMOTIONS, VALENCES
@@ -58,13 +56,18 @@ def _cell(judge: list[bool], scorer: list[bool]) -> dict:
 def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store: bool = True) -> dict:
     """Agreement of `scorer` with the judge on the test split (see module docstring). With `store`,
     the overall figures are kept next to the scorer's weights so `scorer.info()` reports them."""
-    rows = data.load_reference(SPLIT, data_dir)
-    probs = np.asarray(scorer.predict_proba([row["gen_text"] for row in rows]))
-    predicted = [scorer.labels[int(i)] for i in np.argmax(probs, axis=1)]
+    all_rows = data.load_reference(SPLIT, data_dir)
+    # `score` rather than argmax(predict_proba): scorers that need the target (the LLM judge) work too.
+    # Texts the scorer failed on (`correct` None) are left out and counted in `n_failed`.
+    scores = scorer.score([row["gen_text"] for row in all_rows], [row["emotion"] for row in all_rows])
+    kept = [i for i, s in enumerate(scores) if s["correct"] is not None]
+    n_failed = len(all_rows) - len(kept)
+    rows = [all_rows[i] for i in kept]
+    predicted = [scores[i]["predicted_emotion"] for i in kept]
     targets = [row["emotion"] for row in rows]
     valences = [row.get("valence") for row in rows]
     judge = [row["judge"]["match"] == 1 for row in rows]
-    correct = [p == t for p, t in zip(predicted, targets, strict=True)]
+    correct = [bool(scores[i]["correct"]) for i in kept]
 
     def cell(keep) -> dict:
         idx = [i for i in range(len(rows)) if keep(i)]
@@ -93,6 +96,7 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
         "split": SPLIT,
         "reference": data.REFERENCE_DIR,
         "files_sha256": files,
+        "n_failed": n_failed,
         "overall": cell(lambda i: True),
         "by_emotion": {e: cell(lambda i, e=e: targets[i] == e) for e in EMOTIONS},
         "by_valence": {v: cell(lambda i, v=v: valences[i] == v) for v in VALENCES if any(x == v for x in valences)},
@@ -130,7 +134,8 @@ def format_agreement(report: dict) -> str:
     lines = [
         f"Scorer {scorer['id']} (sha256 {scorer['sha256'][:12]}) vs the paper's judge: "
         f"{report['split']} split, "
-        f"{overall['n']:,} judged replies ({overall['n_judge_accepted']:,} accepted by the judge)",
+        f"{overall['n']:,} judged replies ({overall['n_judge_accepted']:,} accepted by the judge)"
+        + (f"; {report['n_failed']:,} replies the scorer failed on left out" if report.get("n_failed") else ""),
         "",
         "| group | n | judge acc | scorer acc | agreement | kappa | scorer acc on judge-accepted |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

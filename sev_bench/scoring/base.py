@@ -111,6 +111,11 @@ class Scorer(ABC):
         write_text_atomic(path, json.dumps({self.sha256: figures}, indent=2, sort_keys=True) + "\n")
         return path
 
+    def check_failures(self) -> None:
+        """Raise a one-line `UserError` when too many texts could not be scored (call it after
+        scoring a run or file). Scorers that cannot fail on a text (all local ones) do nothing."""
+        return None
+
     def info(self) -> dict:
         return {
             "id": self.id,
@@ -124,6 +129,51 @@ class Scorer(ABC):
 SCORERS: Registry[Scorer] = Registry("scorer", "sev_bench.scorers", Scorer)
 
 
-def load_scorer(name: str, data_dir: str | Path | None = None, verbose: bool = True) -> Scorer:
-    """The registered scorer `name`, ready to use; an unknown name is a `UserError` listing known ones."""
-    return SCORERS.get(name).load(data_dir=data_dir, verbose=verbose)
+# Scorer options (`load_scorer(..., options=...)`) and the CLI flag that sets each, for error messages.
+OPTION_FLAGS: dict[str, str] = {
+    "model": "--scorer-model",
+    "label_map": "--label-map",
+    "judge_url": "--judge-url",
+    "judge_model": "--judge-model",
+    "judge_api_key_env": "--judge-api-key-env",
+    "judge_concurrency": "--judge-concurrency",
+    "judge_max_failure_rate": "--judge-max-failure-rate",
+    "judge_timeout": "--judge-timeout",
+}
+
+
+def option_flag(key: str) -> str:
+    return OPTION_FLAGS.get(key, key)
+
+
+def check_options(scorer: str, options: dict | None, allowed: Sequence[str]) -> dict:
+    """`options` without None values; a key outside `allowed` is a one-line `UserError`."""
+    given = {key: value for key, value in (options or {}).items() if value is not None}
+    extra = [key for key in given if key not in allowed]
+    if extra:
+        accepted = ", ".join(option_flag(key) for key in allowed) or "none"
+        raise UserError(
+            f"{', '.join(option_flag(key) for key in extra)} does not apply to scorer {scorer} "
+            f"(its options: {accepted})"
+        )
+    return given
+
+
+def load_scorer(
+    name: str, data_dir: str | Path | None = None, verbose: bool = True, options: dict | None = None
+) -> Scorer:
+    """The registered scorer `name`, ready to use; an unknown name is a `UserError` listing known ones.
+    `options` (see `OPTION_FLAGS`; None values are dropped) go to the scorer's `load(..., options=...)`;
+    giving options to a scorer whose `load` takes none is a `UserError`."""
+    import inspect
+
+    cls = SCORERS.get(name)
+    given = {key: value for key, value in (options or {}).items() if value is not None}
+    try:
+        takes_options = "options" in inspect.signature(cls.load).parameters
+    except (TypeError, ValueError):
+        takes_options = False
+    if takes_options:
+        return cls.load(data_dir=data_dir, verbose=verbose, options=given)
+    check_options(name, given, ())
+    return cls.load(data_dir=data_dir, verbose=verbose)

@@ -48,17 +48,21 @@ def score_jsonl(
 ) -> dict:
     """Score every row of `in_path` and write the rows, each with `predicted_emotion`, `probs` and
     `correct` added, to `out_path` (atomically: an error leaves no partial file). Returns
-    `{n, correct, accuracy, scorer, scorer_sha256}`."""
+    `{n, correct, accuracy, failed, scorer, scorer_sha256}`: rows the scorer failed on (`correct` None,
+    with a `score_error`) are left out of the accuracy; more than the scorer tolerates (`check_failures`)
+    is a `UserError` and writes nothing."""
     in_path, out_path = Path(in_path), Path(out_path)
     rows = _read_rows(in_path, text_field, target_field)
     lines = []
-    correct = 0
+    correct = failed = 0
     for start in range(0, len(rows), BATCH_SIZE):
         batch = rows[start : start + BATCH_SIZE]
         scores = scorer.score([row[text_field] for row in batch], [row[target_field] for row in batch])
         for row, result in zip(batch, scores, strict=True):
             correct += bool(result["correct"])
+            failed += result["correct"] is None
             lines.append(json.dumps({**row, **result}, ensure_ascii=False) + "\n")
+    scorer.check_failures()  # too many unscorable texts: an error, and no output file
     try:
         write_text_atomic(out_path, "".join(lines))
     except OSError as exc:
@@ -66,7 +70,8 @@ def score_jsonl(
     return {
         "n": len(rows),
         "correct": correct,
-        "accuracy": round(correct / len(rows), 6) if rows else None,
+        "accuracy": round(correct / (len(rows) - failed), 6) if len(rows) > failed else None,
+        "failed": failed,
         "scorer": scorer.id,
         "scorer_sha256": scorer.sha256,
     }
