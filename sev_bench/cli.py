@@ -25,6 +25,31 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scorer options (hf-classifier, judge)")
+    group.add_argument("--scorer-model", metavar="ID|DIR", help="hf-classifier: hub id or local model dir")
+    group.add_argument("--label-map", metavar="FILE", help="hf-classifier: JSON object model label -> emotion")
+    group.add_argument("--judge-url", metavar="URL", help="judge: OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    group.add_argument("--judge-model", metavar="NAME", help="judge: model name the endpoint serves")
+    group.add_argument(
+        "--judge-api-key-env", metavar="VAR", help="judge: env variable holding the API key (SEV_BENCH_JUDGE_API_KEY)"
+    )
+    group.add_argument("--judge-concurrency", type=int, metavar="N", help="judge: parallel requests (8)")
+    group.add_argument(
+        "--judge-max-failure-rate", type=float, metavar="R", help="judge: fail above this share of failures (0.02)"
+    )
+    group.add_argument("--judge-timeout", type=float, metavar="S", help="judge: seconds per request (60)")
+
+
+def _scorer_options(args) -> dict:
+    """The scorer options given on the command line (`load_scorer(..., options=...)`)."""
+    keys = ("scorer_model", "label_map", "judge_url", "judge_model", "judge_api_key_env", "judge_concurrency")
+    keys += ("judge_max_failure_rate", "judge_timeout")
+    options = {key: getattr(args, key, None) for key in keys}
+    options["model"] = options.pop("scorer_model")
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sev-bench", description="Benchmark emotion control of chat LLMs on SEV.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -60,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir; the last to end writes results.json)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_scorer_options(run)
     _add_data_dir(run)
 
     data = commands.add_parser("data", help="the SEV dataset")
@@ -81,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = scorer_commands.add_parser("eval", help="agreement with the paper's judge on the test split")
     evaluate.add_argument("--scorer", default="minilm-probe")
     evaluate.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+    _add_scorer_options(evaluate)
     _add_data_dir(evaluate)
 
     score = commands.add_parser("score", help="score the texts of any JSONL file")
@@ -89,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--scorer", default="minilm-probe")
     score.add_argument("--text-field", default="text")
     score.add_argument("--target-field", default="target_emotion")
+    _add_scorer_options(score)
     _add_data_dir(score)
+    _add_report_commands(commands)
+    _add_discovery_commands(commands)
+    _add_tune_command(commands)
     return parser
 
 
@@ -111,6 +142,7 @@ def cmd_run(args) -> None:
         device=args.device,
         data_dir=args.data_dir,
         overrides=args.overrides,
+        scorer_options=_scorer_options(args),
         threads=args.threads,
         shard=parse_shard(args.shard),
         progress=not args.no_progress,
@@ -120,6 +152,7 @@ def cmd_run(args) -> None:
         return
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir / 'results.json'}")
+    _write_run_plots(results, run_dir)
 
 
 def cmd_data(args) -> None:
@@ -166,12 +199,14 @@ def cmd_scorer(args) -> None:
     from .scoring import load_scorer
     from .scoring.agreement import evaluate_agreement, format_agreement
 
-    report = evaluate_agreement(load_scorer(args.scorer, data_dir=args.data_dir), data_dir=args.data_dir)
+    scorer = load_scorer(args.scorer, data_dir=args.data_dir, options=_scorer_options(args))
+    report = evaluate_agreement(scorer, data_dir=args.data_dir)
     print(format_agreement(report))
     if args.json_out:
         from .atomic import write_json_atomic
 
         write_json_atomic(Path(args.json_out), report)
+    scorer.check_failures()
 
 
 def cmd_score(args) -> None:
@@ -181,13 +216,224 @@ def cmd_score(args) -> None:
     if not Path(args.input).is_file():
         raise UserError(f"{args.input}: no such file")
     summary = score_jsonl(
-        load_scorer(args.scorer, data_dir=args.data_dir),
+        load_scorer(args.scorer, data_dir=args.data_dir, options=_scorer_options(args)),
         args.input,
         args.output,
         text_field=args.text_field,
         target_field=args.target_field,
     )
     print(json.dumps(summary))
+
+
+def _add_report_commands(commands) -> None:
+    """`leaderboard build`, `compare` and `check` (issue 7)."""
+    leaderboard = commands.add_parser("leaderboard", help="validate published runs and build the leaderboard")
+    board_commands = leaderboard.add_subparsers(dest="leaderboard_command", required=True, parser_class=_Parser)
+    build = board_commands.add_parser("build", help="write README.md, leaderboard.csv, index.html and plots/")
+    build.add_argument("--dir", default="leaderboards", help="leaderboard folder (default: leaderboards)")
+    build.add_argument("--strict", action="store_true", help="exit 1 when any run dir is refused")
+
+    compare = commands.add_parser("compare", help="paired comparison of two runs (McNemar, bootstrap deltas)")
+    compare.add_argument("a", help="run A: a run dir or its results.json")
+    compare.add_argument("b", help="run B: a run dir or its results.json")
+    compare.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.add_argument("-o", "--output", help="also write the markdown report here")
+
+    check = commands.add_parser("check", help="fail (exit 1) when accuracy dropped below a baseline's")
+    check.add_argument("results", help="the run to check: a run dir or its results.json")
+    check.add_argument("--baseline", required=True, help="the baseline run dir or results.json")
+    check.add_argument(
+        "--tolerance", type=float, required=True, help="largest allowed drop, absolute in [0, 1] (0.05 = 5 points)"
+    )
+
+
+def _write_run_plots(results: dict, run_dir: Path) -> None:
+    try:
+        from .plots import write_run_plots
+
+        paths = write_run_plots(results, run_dir)
+    except Exception as exc:  # a finished run stays finished even if a plot fails
+        print(f"sev-bench: warning: plots not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    print("plots: " + ", ".join(str(path) for path in paths))
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import build
+
+    entries, refused, written = build(args.dir)
+    for path, reason in refused:
+        print(f"refused {path}: {reason}", file=sys.stderr)
+    print(f"{len(entries)} runs on the board, {len(refused)} refused; wrote {len(written)} files under {args.dir}")
+    return 1 if args.strict and refused else 0
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare, compare_markdown
+
+    text = compare_markdown(compare(args.a, args.b, resamples=args.resamples, seed=args.seed))
+    print(text, end="")
+    if args.output:
+        from .atomic import write_text_atomic
+
+        write_text_atomic(Path(args.output), text)
+
+
+def cmd_check(args) -> int:
+    from .check import check, check_markdown
+
+    report = check(args.results, args.baseline, args.tolerance)
+    print(check_markdown(report), end="")
+    return 0 if report.passed else 1
+
+
+def _add_discovery_commands(commands) -> None:
+    """`discover directions` (issue 3) and `tune` (dev-split hyper-parameter search)."""
+    discover = commands.add_parser("discover", help="find what a control method needs in a model")
+    what = discover.add_subparsers(dest="discover_command", required=True, parser_class=_Parser)
+    directions = what.add_parser("directions", help="emotion directions from the train split (steering)")
+    directions.add_argument("--model", default="smollm2-135m", help="alias, local dir, GGUF file or hub id")
+    directions.add_argument("--limit", type=int, help="only the first N train rows, themes interleaved")
+    directions.add_argument(
+        "--accept",
+        default="all",
+        choices=("all", "scorer"),
+        help="which train rows count: all (default; no replies generated) or only those whose "
+        "prompt-elicited reply the scorer accepts (the protocol's choice)",
+    )
+    directions.add_argument("--output-dir", help="artifact dir (default: the cache, keyed by model and inputs)")
+    directions.add_argument("--scorer", default="minilm-probe", help="scorer for --accept scorer")
+    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--dtype", default="auto")
+    directions.add_argument("--device", default="auto")
+    directions.add_argument("--threads", type=int, help="CPU threads for torch")
+    directions.add_argument("--no-progress", action="store_true")
+    _add_scorer_options(directions)
+    _add_data_dir(directions)
+
+    circuit = what.add_parser(
+        "circuit", help="emotion circuits: neurons, heads, validation, sublayer importance, global circuit"
+    )
+    circuit.add_argument("--model", default="smollm2-135m", help="alias, local dir, GGUF file or hub id")
+    circuit.add_argument("--limit", type=int, help="only the first N train rows, themes interleaved")
+    circuit.add_argument("--accept", default="all", choices=("all", "scorer"), help="as for `discover directions`")
+    circuit.add_argument("--output-dir", help="artifact dir (default: the cache, keyed by model and inputs)")
+    circuit.add_argument("--budget-per-sublayer", type=float, default=10.0, help="K_total = this x 2 x layers (10)")
+    circuit.add_argument("--neuron-share", type=float, default=0.7, help="share of the budget for neurons (0.7)")
+    circuit.add_argument(
+        "--rows-per-pass", type=int, default=128, help="prompt copies per batched forward pass (128; more on a GPU)"
+    )
+    circuit.add_argument("--scorer", default="minilm-probe", help="scorer for --accept scorer")
+    circuit.add_argument("--batch-size", type=int, default=16)
+    circuit.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
+    circuit.add_argument("--device", default="auto")
+    circuit.add_argument("--threads", type=int, help="CPU threads for torch")
+    circuit.add_argument("--no-progress", action="store_true")
+    _add_scorer_options(circuit)
+    _add_data_dir(circuit)
+
+
+def _add_tune_command(commands) -> None:
+    tune = commands.add_parser("tune", help="choose a method's hyper-parameters on the dev split")
+    tune.add_argument("--method", required=True, help="method name or .yaml config to tune")
+    tune.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try (repeatable)"
+    )
+    tune.add_argument("--output-dir", required=True, help="where the dev runs, tuning.md and tuned.yaml go")
+    tune.add_argument("--model", default="smollm2-135m")
+    tune.add_argument("--limit", type=int, help="only the first N dev rows, themes interleaved")
+    tune.add_argument("--batch-size", type=int, default=16)
+    tune.add_argument("--scorer", default="minilm-probe")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--seed", type=int, default=1234)
+    tune.add_argument("--dtype", default="auto")
+    tune.add_argument("--device", default="auto")
+    tune.add_argument("--threads", type=int)
+    tune.add_argument("--no-progress", action="store_true")
+    _add_scorer_options(tune)
+    _add_data_dir(tune)
+
+
+def cmd_tune(args) -> None:
+    from .runner import RunRequest
+    from .tuning import TuneRequest, parse_grid, tune
+
+    base = RunRequest(
+        model=args.model,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        scorer=args.scorer,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        data_dir=args.data_dir,
+        overrides=args.overrides,
+        scorer_options=_scorer_options(args),
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    tune(TuneRequest(args.method, parse_grid(args.grid), args.output_dir, base))
+    out = Path(args.output_dir)
+    print((out / "tuning.md").read_text(encoding="utf-8"))
+    print(f"chosen config: {out / 'tuned.yaml'} (run it on test with --method {out / 'tuned.yaml'})")
+
+
+def cmd_discover(args) -> None:
+    if args.discover_command == "circuit":
+        return _discover_circuit(args)
+    from .discovery.directions import discover_for_model
+
+    directions, reused = discover_for_model(
+        args.model,
+        accept=args.accept,
+        limit=args.limit,
+        output_dir=args.output_dir,
+        scorer_name=args.scorer,
+        scorer_options=_scorer_options(args),
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(f"directions: {directions.path} ({'reused' if reused else 'discovered'}; report: "
+          f"{directions.path / 'report.md'})")
+
+
+def _discover_circuit(args) -> None:
+    from .discovery.circuit import CircuitConfig, discover_for_model
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    config = CircuitConfig(
+        accept=args.accept,
+        limit=args.limit,
+        budget_per_sublayer=args.budget_per_sublayer,
+        neuron_share=args.neuron_share,
+    )
+    circuit, reused = discover_for_model(
+        args.model,
+        config=config,
+        output_dir=args.output_dir,
+        scorer_name=args.scorer,
+        scorer_options=_scorer_options(args),
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        max_rows=args.rows_per_pass,
+        dtype=args.dtype,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    meta = circuit.metadata
+    print(f"circuit: {circuit.path} ({'reused' if reused else 'discovered'}; report: {circuit.path / 'report.md'})")
+    print("wall time per stage (s): " + ", ".join(
+        f"{name} {info['seconds']}{' (reused)' if info.get('reused') else ''}" for name, info in meta["timings"].items()
+    ))
+    print(f"budget: {meta['budget']['neurons']} neurons + {meta['budget']['heads']} heads per emotion; mean pairwise "
+          f"Jaccard heads {meta['jaccard']['heads']['mean']:.3f}, neurons {meta['jaccard']['neurons']['mean']:.3f}")
 
 
 COMMANDS = {
@@ -197,20 +443,25 @@ COMMANDS = {
     "scorers": cmd_scorers,
     "scorer": cmd_scorer,
     "score": cmd_score,
+    "leaderboard": cmd_leaderboard,
+    "compare": cmd_compare,
+    "check": cmd_check,
+    "discover": cmd_discover,
+    "tune": cmd_tune,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except UserError as exc:
         print(f"sev-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sev-bench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -59,3 +59,16 @@ def cohen_kappa(a: Sequence, b: Sequence) -> float:
     if expected == 1:
         return float("nan")
     return (observed - expected) / (1 - expected)
+
+
+def fluent_accuracy(samples: Iterable[dict]) -> dict:
+    """`grouped_accuracy` where a sample counts as correct only if it is `correct` AND its fluency record
+    passes the gate (`sample["fluency"]["fluent"]`, see `sev_bench.fluency`). Every sample needs a
+    fluency record: a missing one raises instead of silently counting as a miss."""
+    mapped = []
+    for sample in samples:
+        fluency = sample.get("fluency")
+        if not isinstance(fluency, dict) or "fluent" not in fluency:
+            raise ValueError(f"sample {sample.get('id', '?')!r} has no fluency record (fluency.fluent)")
+        mapped.append({**sample, "correct": bool(sample["correct"]) and bool(fluency["fluent"])})
+    return grouped_accuracy(mapped)

@@ -105,16 +105,17 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def finish(self, samples: list[dict], results: dict, summary: str) -> None:
+    def finish(self, samples: list[dict], results: dict, summary: str, rewrite_samples: bool = False) -> None:
         """Merge every shard's samples into `samples.jsonl` (in selection order), then write the summary
         and, last, `results.json`: its presence means the run is complete. Serialised by a lock so that
-        two shards finishing together do not merge at the same time."""
+        two shards finishing together do not merge at the same time. `rewrite_samples` rewrites
+        `samples.jsonl` from `samples` also without shards (records that gained fields)."""
         import fcntl
 
         with open(self.path / ".finish.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             shard_files = [p for p in self._sample_files() if p != self.samples_path]
-            if shard_files:
+            if shard_files or rewrite_samples:
                 write_text_atomic(self.samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
                 for path in shard_files:
                     path.unlink(missing_ok=True)  # a shard finishing at the same moment may have merged
@@ -161,6 +162,17 @@ def summary_markdown(results: dict) -> str:
         f"(95% CI {100 * overall['ci95'][0]:.1f}-{100 * overall['ci95'][1]:.1f}, {overall['correct']}/{overall['n']})",
         f"- wall time: {results['timings']['total_s']:.0f} s "
         f"(generation {results['timings']['generation_s']:.0f} s, scoring {results['timings']['scoring_s']:.0f} s)",
+    ]
+    fluent, fluency = results["metrics"].get("accuracy_fluent"), results["metrics"].get("fluency")
+    if fluent and fluency:
+        median = fluency["perplexity_median"]
+        lines.append(
+            f"- fluent accuracy: **{_pct(fluent['overall'])}%** (a hit counts only if the reply is fluent: "
+            f"{100 * fluency['fluent_share']:.1f}% are; median perplexity "
+            + ("–" if median is None else f"{median:.1f}")
+            + f", repeated 4-gram in {100 * fluency['repeated_4gram_share']:.1f}%)"
+        )
+    lines += [
         "",
         "Accuracy (%) = share of replies whose predicted emotion is the target, by valence context:",
         "",

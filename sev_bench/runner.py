@@ -17,8 +17,10 @@ from pathlib import Path
 from . import __version__
 from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
 from .errors import UserError
+from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency, fluency_records
 from .methods import MethodConfig, resolve_method
-from .metrics import grouped_accuracy
+from .methods.base import PrepareContext
+from .metrics import fluent_accuracy, grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
 from .results import SCHEMA_VERSION, RunDir, load_results, summary_markdown
 
@@ -41,6 +43,7 @@ class RunRequest:
     device: str = "auto"
     data_dir: str | None = None
     overrides: list[str] = field(default_factory=list)
+    scorer_options: dict = field(default_factory=dict)  # load_scorer(options=...): --scorer-model, --judge-url, ...
     threads: int | None = None  # CPU threads for torch (default: torch's own choice)
     shard: tuple[int, int] | None = None  # (index, count): this process generates only its shard
     progress: bool = True
@@ -224,7 +227,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         raise UserError("the selection (--split/--emotions/--valences/--limit) has no rows")
     fingerprint = dataset_fingerprint(request.data_dir)
 
-    scorer = load_scorer(request.scorer, data_dir=request.data_dir)
+    scorer = load_scorer(request.scorer, data_dir=request.data_dir, options=request.scorer_options)
 
     identity = {
         "method": {k: v for k, v in method_config.as_dict().items() if k != "source"},
@@ -241,9 +244,10 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     own_file = run_dir.shard_path(request.shard)
     done = run_dir.completed(own=own_file)
     todo = [row for row in rows if row["id"] not in done and in_shard(row, request.shard)]
-    if not todo and run_dir.results_path.exists():
+    previous = load_results(run_dir.path) if not todo and run_dir.results_path.exists() else None
+    if previous is not None and "fluency" in previous["metrics"]:
         print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
-        return load_results(run_dir.path), run_dir.path
+        return previous, run_dir.path
 
     timings = {"model_load_s": 0.0, "generation_s": 0.0, "scoring_s": 0.0}
     _seed_everything(request.seed)
@@ -258,9 +262,27 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     loaded = load_model(request.model, dtype=request.dtype, device=request.device)
     timings["model_load_s"] = time.perf_counter() - load_start
     generator = HFGenerator(loaded, request.batch_size, method_config.generation)
+    artifact = None
+    if todo or (method_config.method.kind != "prompt" and previous is None):  # its sha256 goes in the results
+        prepare_start = time.perf_counter()
+        context = PrepareContext(
+            loaded, scorer, request.data_dir, request.dtype, request.batch_size, request.progress, log=_log
+        )
+        artifact = method_config.method.prepare(context)
+        timings["prepare_s"] = time.perf_counter() - prepare_start
     if todo:
         _generate_and_score(
-            generator, method_config, scorer, todo, run_dir, own_file, timings, request.progress, len(done), len(rows)
+            generator,
+            method_config,
+            artifact,
+            scorer,
+            todo,
+            run_dir,
+            own_file,
+            timings,
+            request.progress,
+            len(done),
+            len(rows),
         )
 
     done = run_dir.completed(own=own_file)
@@ -273,17 +295,41 @@ def run(request: RunRequest) -> tuple[dict, Path]:
                 file=sys.stderr,
             )
             return None, run_dir.path
-        raise UserError(f"{run_dir.path} lacks {len(rows) - len(samples)} replies; rerun to finish")
+        raise UserError(
+            f"{run_dir.path} lacks {len(rows) - len(samples)} replies (unscored or not generated); rerun to finish"
+        )
+    missing_fluency = [s for s in samples if "fluency" not in s]
+    if missing_fluency:  # samples of a run made before the fluency guard existed: add it now
+        backfill_start = time.perf_counter()
+        _add_fluency(loaded, method_config.method, {row["id"]: row for row in rows}, missing_fluency)
+        timings["fluency_backfill_s"] = time.perf_counter() - backfill_start
+    fluency_metrics = {
+        "fluency": aggregate_fluency(samples, DEFAULT_THRESHOLDS),
+        "accuracy_fluent": fluent_accuracy(samples),
+    }
+    if previous is not None:  # only the fluency metrics were missing: keep how the replies were made
+        previous["metrics"].update(fluency_metrics)
+        previous["fluency_backfill"] = {"git": _git_state(), "timings": timings}
+        run_dir.finish(samples, previous, summary_markdown(previous), rewrite_samples=True)
+        return previous, run_dir.path
     timings["total_s"] = time.perf_counter() - started
 
     results = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": {
-            "method": {**method_config.as_dict(), "config_hash": method_config.config_hash},
+            "method": {
+                **method_config.as_dict(),
+                "config_hash": method_config.config_hash,
+                "artifact": _artifact_info(artifact),
+            },
             "model": _model_info(loaded, request.dtype),
             "backend": {"name": "hf", "batch_size": generator.batch_size},
-            "generation": {**method_config.generation.as_dict(), **_template_info(generator)},
+            "generation": {
+                **method_config.generation.as_dict(),
+                "policy": method_config.decoding_policy,
+                **_template_info(generator),
+            },
             "dataset": {
                 "name": "SEV",
                 "source": SOURCE_REPOSITORY,
@@ -303,11 +349,12 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "metrics": {
             "accuracy": grouped_accuracy(samples),
             "predicted_share": _predicted_share(samples),
+            **fluency_metrics,
         },
         "timings": {**timings, "samples_reused": len(rows) - len(todo)},
         "samples_file": run_dir.samples_path.name,
     }
-    run_dir.finish(samples, results, summary_markdown(results))
+    run_dir.finish(samples, results, summary_markdown(results), rewrite_samples=bool(missing_fluency))
     return results, run_dir.path
 
 
@@ -324,6 +371,24 @@ def _model_info(loaded, dtype_requested: str) -> dict:
     }
 
 
+def _add_fluency(loaded, method, row_of_id: dict, samples: list[dict]) -> None:
+    """Give `samples` (in place) their fluency records, rebuilding each chat from its SEV row."""
+    conversations = [method.messages(row_of_id[s["id"]], s["target_emotion"]) for s in samples]
+    records = fluency_records(loaded, conversations, [s["completion"] for s in samples])
+    for sample, record in zip(samples, records):
+        sample["fluency"] = record
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _artifact_info(artifact) -> dict | None:
+    if artifact is None:
+        return None
+    return {"path": str(artifact.path), "sha256": artifact.sha256}
+
+
 def _template_info(generator) -> dict:
     template = generator.loaded.tokenizer.chat_template or ""
     return {"chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
@@ -334,11 +399,14 @@ def _predicted_share(samples: list[dict]) -> dict[str, float]:
     return {label: sum(s["predicted_emotion"] == label for s in samples) / len(samples) for label in labels}
 
 
-def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total):
+def _generate_and_score(
+    generator, method_config, artifact, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total
+):
     """Generate replies for `todo` rows, score each batch and append it to samples.jsonl at once.
 
     Rows of a prompt-only method whose chat is identical (`none` sends one chat for all six targets)
-    share one generation: greedy decoding without interventions gives the same reply anyway."""
+    share one generation: greedy decoding without interventions gives the same reply anyway. A method
+    with interventions generates one target emotion at a time (its hooks are the same for a whole batch)."""
     method = method_config.method
     conversations: list[list[dict]] = []
     rows_of_conversation: list[list[dict]] = []
@@ -351,6 +419,13 @@ def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_fil
             conversations.append(messages)
             rows_of_conversation.append([])
         rows_of_conversation[index_of_chat[key]].append(row)
+    if method.kind == "prompt":
+        jobs = [(list(range(len(conversations))), [])]
+    else:
+        by_target: dict[str, list[int]] = {}
+        for index, rows_here in enumerate(rows_of_conversation):
+            by_target.setdefault(rows_here[0]["target_emotion"], []).append(index)
+        jobs = [(indices, method.interventions(artifact, target)) for target, indices in by_target.items()]
 
     bar = _Progress(n_total, n_done, progress)
 
@@ -362,6 +437,9 @@ def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_fil
                 batch_rows.append((row, conversations[index]))
                 texts.append(reply)
         scores = scorer.score(texts, [row["target_emotion"] for row, _ in batch_rows])
+        # Fluency under the unmodified model (the hooks are gone between batches), once per generation.
+        fluency_of = dict(zip(indices, fluency_records(generator.loaded, [conversations[i] for i in indices], replies)))
+        fluency = [fluency_of[index] for index in indices for _ in rows_of_conversation[index]]
         records = [
             {
                 "id": row["id"],
@@ -372,16 +450,25 @@ def _generate_and_score(generator, method_config, scorer, todo, run_dir, own_fil
                 "messages": messages,
                 "completion": text,
                 **score,
+                "fluency": record_fluency,
             }
-            for (row, messages), text, score in zip(batch_rows, texts, scores)
+            for (row, messages), text, score, record_fluency in zip(batch_rows, texts, scores, fluency)
         ]
-        run_dir.append(records, own_file)
+        # A reply the scorer could not score (a judge that kept failing) is not saved: it is neither a hit
+        # nor a miss, and a rerun generates and scores it again.
+        run_dir.append([record for record in records if record["correct"] is not None], own_file)
         timings["scoring_s"] += time.perf_counter() - score_start
         bar.update(len(records))
 
     generation_start = time.perf_counter()
     try:
-        generator.generate(conversations, on_batch=save_batch)
+        for indices, interventions in jobs:
+            generator.generate(
+                [conversations[i] for i in indices],
+                on_batch=lambda local, replies, indices=indices: save_batch([indices[i] for i in local], replies),
+                interventions=interventions,
+            )
     finally:
         bar.close()
+    scorer.check_failures()  # too many unscorable replies fail the run (one line), whatever is saved
     timings["generation_s"] = time.perf_counter() - generation_start - timings["scoring_s"]

@@ -91,11 +91,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_replies(tiny, monkeypatch):
     real = generator._generate_batch
     sizes = []
 
-    def fake_oom_above_two(batch_prompts):
+    def fake_oom_above_two(batch_prompts, interventions=()):
         sizes.append(len(batch_prompts))
         if len(batch_prompts) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch_prompts)
+        return real(batch_prompts, interventions)
 
     monkeypatch.setattr(generator, "_generate_batch", fake_oom_above_two)
     assert generator.generate(conversations) == expected
@@ -105,7 +105,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_replies(tiny, monkeypatch):
 def test_other_errors_are_not_swallowed(tiny, monkeypatch):
     generator = HFGenerator(tiny, batch_size=2)
 
-    def broken(batch_prompts):
+    def broken(batch_prompts, interventions=()):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(generator, "_generate_batch", broken)

@@ -87,11 +87,11 @@ def test_resume_after_a_kill_loses_nothing_and_duplicates_nothing(reference_run,
     real = HFGenerator._generate_batch
     calls = {"n": 0}
 
-    def killed_on_third_batch(self, prompts):
+    def killed_on_third_batch(self, prompts, interventions=()):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # what Ctrl-C / SIGINT looks like inside generate
-        return real(self, prompts)
+        return real(self, prompts, interventions)
 
     monkeypatch.setattr(HFGenerator, "_generate_batch", killed_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -116,7 +116,7 @@ def test_resume_after_a_kill_loses_nothing_and_duplicates_nothing(reference_run,
 def test_rerunning_a_finished_run_reuses_every_sample(reference_run, sev_data_dir, monkeypatch):
     _, run_dir = reference_run
 
-    def no_generation(self, prompts):
+    def no_generation(self, prompts, interventions=()):
         raise AssertionError("a finished run must not generate again")
 
     monkeypatch.setattr(HFGenerator, "_generate_batch", no_generation)
@@ -146,9 +146,9 @@ def test_none_generates_once_per_chat_and_shares_the_reply(tmp_path, monkeypatch
     seen = []
     real = HFGenerator._generate_batch
 
-    def counting(self, prompts):
+    def counting(self, prompts, interventions=()):
         seen.extend(prompts)
-        return real(self, prompts)
+        return real(self, prompts, interventions)
 
     monkeypatch.setattr(HFGenerator, "_generate_batch", counting)
     none_yaml = tmp_path / "none.yaml"
@@ -214,3 +214,35 @@ def test_result_files_get_the_usual_permissions(reference_run):
     for name in ("results.json", "summary.md", "run.json"):
         mode = stat.S_IMODE((reference_run[1] / name).stat().st_mode)
         assert mode == 0o666 & ~umask, name
+
+
+def test_fluency_is_recorded_and_backfilled_into_older_runs(reference_run, sev_data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    results, run_dir = reference_run
+    samples = _samples(run_dir)
+    assert all(isinstance(s["fluency"]["fluent"], bool) for s in samples)
+    fluency = results["metrics"]["fluency"]
+    assert fluency["n"] == 12 and fluency["fluent_share"] == sum(s["fluency"]["fluent"] for s in samples) / 12
+    fluent = results["metrics"]["accuracy_fluent"]["overall"]
+    assert fluent["correct"] == sum(s["correct"] and s["fluency"]["fluent"] for s in samples)
+
+    # A run made before the fluency guard: no fluency anywhere. Rerunning it adds the records and metrics
+    # without generating again, and keeps how the replies were made.
+    old = tmp_path / "run"
+    shutil.copytree(run_dir, old)
+    stripped = [{k: v for k, v in s.items() if k != "fluency"} for s in samples]
+    (old / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in stripped))
+    old_results = json.loads((old / "results.json").read_text())
+    for key in ("fluency", "accuracy_fluent"):
+        del old_results["metrics"][key]
+    (old / "results.json").write_text(json.dumps(old_results))
+
+    def no_generation(self, prompts, interventions=()):
+        raise AssertionError("backfilling fluency must not generate")
+
+    monkeypatch.setattr(HFGenerator, "_generate_batch", no_generation)
+    backfilled, _ = run(_request(tmp_path, data_dir=str(sev_data_dir)))
+    assert backfilled["metrics"]["fluency"] == fluency
+    assert backfilled["timings"] == old_results["timings"] and "fluency_backfill" in backfilled
+    assert {s["id"]: s["fluency"] for s in _samples(old)} == {s["id"]: s["fluency"] for s in samples}

@@ -255,7 +255,7 @@ def discover_directions(
     directions = Directions(out, tensors, metadata)
     from .report import write_directions_report
 
-    write_directions_report(directions, states, groups, out)
+    write_directions_report(directions, states, out)
     write_json_atomic(out / "metadata.json", metadata)  # last: marks the artifact complete
     return directions, False
 

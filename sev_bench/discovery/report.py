@@ -34,15 +34,16 @@ def interleaved(directions, emotion_index: int):
 
 
 def similarity_figures(directions) -> dict:
-    """Numbers the report quotes: position-to-position cosines and between-emotion cosines per layer."""
+    """Numbers the report quotes, per layer and averaged over emotions: attn_l vs mlp_l, mlp_l vs
+    attn_(l+1), and mlp_l vs mlp_(l+1) (how stable a direction is from one layer to the next).
+    (Cosines *between* emotions are not informative: six centred directions of similar norm have a mean
+    pairwise cosine of about -1/5 by construction.)"""
     attn, mlp = directions.tensors["attn"], directions.tensors["mlp"]  # [6, L, d]
-    attn_to_mlp = _cos(attn, mlp).mean(0)  # [L]: attn_l -> mlp_l
-    mlp_to_next_attn = _cos(mlp[:, :-1], attn[:, 1:]).mean(0)  # [L-1]
-    pairwise = []
-    for layer in range(mlp.shape[1]):
-        values = [float(_cos(mlp[i, layer], mlp[j, layer])) for i, j in combinations(range(len(EMOTIONS)), 2)]
-        pairwise.append(sum(values) / len(values))
-    return {"attn_to_mlp": attn_to_mlp.tolist(), "mlp_to_next_attn": mlp_to_next_attn.tolist(), "pairwise": pairwise}
+    return {
+        "attn_to_mlp": _cos(attn, mlp).mean(0).tolist(),
+        "mlp_to_next_attn": _cos(mlp[:, :-1], attn[:, 1:]).mean(0).tolist(),
+        "mlp_to_next_mlp": _cos(mlp[:, :-1], mlp[:, 1:]).mean(0).tolist(),
+    }
 
 
 def consistency(directions, position: str = "mlp") -> dict[str, list[float]] | None:
@@ -58,7 +59,9 @@ def consistency(directions, position: str = "mlp") -> dict[str, list[float]] | N
     return result
 
 
-def write_directions_report(directions, states, groups, out: Path) -> None:
+def write_directions_report(directions, states, out: Path) -> None:
+    """Write report.md and its PNGs into `out`. `states` (the last-token states, for the PCA figure) may
+    be None to rebuild the rest of a report from a saved artifact; an existing PCA figure is kept."""
     plt = _pyplot()
     meta = directions.metadata
     n_layers = directions.num_layers
@@ -85,7 +88,6 @@ def write_directions_report(directions, states, groups, out: Path) -> None:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for pair, values in valence_consistency.items():
             ax.plot(range(n_layers), values, marker="o", markersize=3, label=pair)
-        ax.plot(range(n_layers), figures["pairwise"], linestyle="--", color="grey", label="between emotions")
         ax.set_xlabel("layer")
         ax.set_ylabel("cosine (mean over emotions)")
         ax.set_ylim(-1, 1)
@@ -95,7 +97,13 @@ def write_directions_report(directions, states, groups, out: Path) -> None:
         fig.savefig(out / "valence_consistency.png", dpi=90, metadata=PNG_METADATA)
         plt.close(fig)
 
-    # 3. PCA of last-token states at four depths, coloured by emotion.
+    if states is not None:
+        _pca_figure(plt, states, n_layers, out)
+    write_text_atomic(out / "report.md", _markdown(meta, figures, valence_consistency, n_layers))
+
+
+def _pca_figure(plt, states, n_layers: int, out: Path) -> None:
+    """PCA of last-token states at four depths, coloured by emotion."""
     import torch
 
     picks = sorted({0, n_layers // 3, (2 * n_layers) // 3, n_layers - 1})
@@ -117,8 +125,6 @@ def write_directions_report(directions, states, groups, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "pca_states.png", dpi=90, metadata=PNG_METADATA)
     plt.close(fig)
-
-    write_text_atomic(out / "report.md", _markdown(meta, figures, valence_consistency, n_layers))
 
 
 def _markdown(meta: dict, figures: dict, valence_consistency, n_layers: int) -> str:
@@ -154,12 +160,17 @@ def _markdown(meta: dict, figures: dict, valence_consistency, n_layers: int) -> 
         "",
         "![cosine between directions](direction_similarity.png)",
         "",
-        "| layer | attn_l vs mlp_l | mlp_l vs attn_(l+1) | between emotions (mlp, mean pairwise) |",
+        "Cosine of the same emotion's directions, mean over the six emotions:",
+        "",
+        "| layer | attn_l vs mlp_l | mlp_l vs attn_(l+1) | mlp_l vs mlp_(l+1) |",
         "| --- | --- | --- | --- |",
     ]
     for layer in range(n_layers):
-        nxt = f"{figures['mlp_to_next_attn'][layer]:.3f}" if layer < n_layers - 1 else "–"
-        lines.append(f"| {layer} | {figures['attn_to_mlp'][layer]:.3f} | {nxt} | {figures['pairwise'][layer]:.3f} |")
+        if layer < n_layers - 1:
+            nxt = f"{figures['mlp_to_next_attn'][layer]:.3f} | {figures['mlp_to_next_mlp'][layer]:.3f}"
+        else:
+            nxt = "– | –"
+        lines.append(f"| {layer} | {figures['attn_to_mlp'][layer]:.3f} | {nxt} |")
     mean_am = sum(figures["attn_to_mlp"]) / n_layers
     mean_ma = sum(figures["mlp_to_next_attn"]) / max(1, n_layers - 1)
     lines += [

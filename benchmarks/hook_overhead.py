@@ -1,0 +1,97 @@
+"""What the intervention hooks cost: steered vs unsteered batched generation, same prompts, same batch.
+
+    python benchmarks/hook_overhead.py            # 32 test rows, 64 new tokens, batch 16
+    python benchmarks/hook_overhead.py --quick    # 16 rows, 24 new tokens (under a minute)
+
+Both passes decode exactly `--max-new-tokens` tokens per row (min_new_tokens = max_new_tokens), so the
+steering's effect on reply length cannot bias the comparison: the difference is the hooks' cost alone.
+The steered pass uses the `steering` method's interventions (alpha * RMS(h) * v on the decoder-layer
+outputs of the protocol's layer range, at the last prompt token and every generated token) with random
+unit directions of the right shape (cost does not depend on the direction). Passes alternate and the best
+of `--repeats` is kept. Ends with `steered_throughput_ratio: X` (steered tokens/s over plain tokens/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sev_bench.backends.hf import GenerationConfig, HFGenerator
+from sev_bench.data import load_sev
+from sev_bench.interventions import InterventionSpec
+from sev_bench.methods import resolve_method
+from sev_bench.methods.steering import resolve_layers
+from sev_bench.models import load_model
+from sev_bench.prompts import EMOTIONS, VALENCES
+from sev_bench.runner import select_rows
+
+
+def steering_specs(loaded, alpha: float = 8.0) -> list[InterventionSpec]:
+    generator = torch.Generator().manual_seed(0)
+    hidden = loaded.model.config.hidden_size
+    specs = []
+    for layer in resolve_layers("auto", loaded.num_layers):
+        direction = torch.randn(hidden, generator=generator)
+        specs.append(
+            InterventionSpec(
+                "resid_post",
+                layer,
+                "add",
+                alpha * direction / direction.norm(),
+                positions=frozenset({"last_prompt", "generated"}),
+                norm="rms",
+            )
+        )
+    return specs
+
+
+def timed(generator, conversations, specs) -> tuple[float, int]:
+    generator.new_token_count = 0
+    start = time.perf_counter()
+    generator.generate(conversations, interventions=specs)
+    return time.perf_counter() - start, generator.new_token_count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="16 rows, 24 new tokens")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.max_new_tokens = 16, 24
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    method = resolve_method("steering").method
+    rows = select_rows(load_sev()["test"], list(EMOTIONS), list(VALENCES), args.rows)
+    conversations = [method.messages(row, row["target_emotion"]) for row in rows]
+    config = GenerationConfig(args.max_new_tokens, {"min_new_tokens": args.max_new_tokens})
+    generator = HFGenerator(loaded, args.batch_size, config)
+    specs = steering_specs(loaded)
+    timed(generator, conversations[: args.batch_size], [])  # warm-up
+
+    best = {"plain": None, "steered": None}
+    for _ in range(args.repeats):
+        for name, chosen in (("plain", []), ("steered", specs)):
+            seconds, tokens = timed(generator, conversations, chosen)
+            rate = tokens / seconds
+            best[name] = max(best[name] or 0.0, rate)
+            print(f"{name:8} {tokens} tokens in {seconds:.2f} s = {rate:.1f} tokens/s")
+    device = next(loaded.model.parameters()).device
+    print(
+        f"model {args.model} ({loaded.num_layers} layers, {args.dtype}, {device}), {len(conversations)} rows, "
+        f"batch {args.batch_size}, {args.max_new_tokens} new tokens, {len(specs)} steered layers, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"steered_throughput_ratio: {best['steered'] / best['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
