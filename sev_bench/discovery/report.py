@@ -109,8 +109,12 @@ def _pca_figure(plt, states, n_layers: int, out: Path) -> None:
     picks = sorted({0, n_layers // 3, (2 * n_layers) // 3, n_layers - 1})
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.2))
     emotion_of_row = [EMOTIONS[i % len(EMOTIONS)] for i in range(states["mlp"].shape[0])]
+    # Rows come group-major (six emotions per (skeleton, valence) group); removing each group's mean
+    # takes out the scenario, which otherwise dominates the first components.
+    grouped = states["mlp"].reshape(-1, len(EMOTIONS), *states["mlp"].shape[1:])
+    centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(states["mlp"].shape)
     for ax, layer in zip(axes, picks):
-        x = states["mlp"][:, layer]
+        x = centred[:, layer]
         x = x - x.mean(0, keepdim=True)
         _, _, v = torch.linalg.svd(x, full_matrices=False)
         points = (x @ v[:2].T).numpy()
@@ -121,7 +125,7 @@ def _pca_figure(plt, states, n_layers: int, out: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].legend(fontsize=7, markerscale=2)
-    fig.suptitle("Last prompt token states (after the layer), first two principal components")
+    fig.suptitle("Last prompt token states (after the layer, centred per group): first two principal components")
     fig.tight_layout()
     fig.savefig(out / "pca_states.png", dpi=90, metadata=PNG_METADATA)
     plt.close(fig)
