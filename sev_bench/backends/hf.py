@@ -7,6 +7,7 @@ back in the caller's order. On out-of-memory the batch size halves and the batch
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,8 +77,9 @@ class HFGenerator:
         encoded = self.encode(prompts)
         settings = self.config.as_dict()
         # The hooks live for this batch only, so callbacks between batches (scoring, perplexity) see
-        # the unmodified model.
-        with torch.inference_mode(), HookSession(self.loaded, interventions):
+        # the unmodified model; without interventions no hook is registered at all.
+        session = HookSession(self.loaded, interventions) if interventions else contextlib.nullcontext()
+        with torch.inference_mode(), session:
             output = self.loaded.model.generate(
                 input_ids=encoded.input_ids,
                 attention_mask=encoded.attention_mask,
