@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir; the last to end writes results.json)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--backend",
+        default="hf",
+        help="hf (default; every method) or vllm (methods without interventions: none, prompting; needs vLLM)",
+    )
     _add_scorer_options(run)
     _add_data_dir(run)
 
@@ -145,6 +150,7 @@ def cmd_run(args) -> None:
         scorer_options=_scorer_options(args),
         threads=args.threads,
         shard=parse_shard(args.shard),
+        backend=args.backend,
         progress=not args.no_progress,
     )
     results, run_dir = run(request)

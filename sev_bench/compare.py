@@ -1,0 +1,212 @@
+"""`sev-bench compare A B`: a paired comparison of two runs on the samples both share (by id).
+
+- McNemar's exact test (a two-sided binomial test on the discordant pairs: b = A right and B wrong,
+  c = A wrong and B right, p = binomtest(b, b + c, 0.5)), overall, per valence and per emotion.
+- The accuracy delta B - A with a paired bootstrap 95% interval (resampling the shared samples with
+  replacement, seeded, percentile interval).
+- Warnings when the runs differ in scorer (id or sha256), decoding, backend or dataset sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .prompts import EMOTIONS, VALENCES
+from .results import load_results
+
+
+@dataclass
+class LoadedRun:
+    label: str
+    results: dict
+    samples: dict[str, dict]  # id -> sample
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """A run dir, its results.json or its samples file -> results and samples (samples are required)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    run_dir = path if path.is_dir() else path.parent
+    results = load_results(run_dir)
+    samples_path = (
+        path
+        if path.is_file() and path.suffix == ".jsonl"
+        else run_dir / str(results.get("samples_file", "samples.jsonl"))
+    )
+    if not samples_path.is_file():
+        raise UserError(f"{samples_path}: no samples file (a paired comparison needs the per-sample results)")
+    samples: dict[str, dict] = {}
+    with open(samples_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                samples.setdefault(record["id"], record)
+                bool(record["correct"]), record["valence"], record["target_emotion"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{samples_path} line {number}: not a sample record (id, valence, correct)") from None
+    spec = results["spec"]
+    return LoadedRun(f"{spec['method']['name']} on {spec['model']['id']} ({run_dir})", results, samples)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_bootstrap(a, b, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of mean(b) - mean(a) over paired resamples of the same items."""
+    import numpy as np
+
+    difference = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    n = len(difference)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)  # bounds memory at about 16 MB of indices
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        means[start:stop] = difference[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_rows(run_a: LoadedRun, run_b: LoadedRun, resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """One row per group (overall, each valence, each emotion) of the shared samples."""
+    shared = sorted(set(run_a.samples) & set(run_b.samples))
+    groups = [("overall", "all", lambda s: True)]
+    groups += [("valence", v, lambda s, v=v: s["valence"] == v) for v in VALENCES]
+    groups += [("emotion", e, lambda s, e=e: s["target_emotion"] == e) for e in EMOTIONS]
+    rows = []
+    for index, (kind, name, keep) in enumerate(groups):
+        ids = [i for i in shared if keep(run_a.samples[i])]
+        if not ids:
+            continue
+        a = [bool(run_a.samples[i]["correct"]) for i in ids]
+        b = [bool(run_b.samples[i]["correct"]) for i in ids]
+        only_a = sum(x and not y for x, y in zip(a, b))
+        only_b = sum(y and not x for x, y in zip(a, b))
+        low, high = paired_bootstrap(a, b, resamples, seed + index)
+        rows.append(
+            {
+                "kind": kind,
+                "group": name,
+                "n": len(ids),
+                "acc_a": sum(a) / len(ids),
+                "acc_b": sum(b) / len(ids),
+                "delta": (sum(b) - sum(a)) / len(ids),
+                "delta_ci95": [low, high],
+                "a_only": only_a,
+                "b_only": only_b,
+                "p_mcnemar": mcnemar_exact(only_a, only_b),
+            }
+        )
+    return rows
+
+
+def _decoding(spec: dict) -> dict:
+    """The decoding settings of a run (without the chat template hash and the policy label)."""
+    return {k: v for k, v in spec["generation"].items() if k not in ("chat_template_sha256", "policy")}
+
+
+def warnings_for(a: dict, b: dict) -> list[str]:
+    """What differs between two runs' specs beyond the method (each makes the comparison less clean)."""
+    sa, sb = a["spec"], b["spec"]
+    found = []
+    if sa["scorer"]["id"] != sb["scorer"]["id"]:
+        found.append(f"scorers differ: {sa['scorer']['id']} vs {sb['scorer']['id']} (accuracies are not comparable)")
+    elif sa["scorer"]["sha256"] != sb["scorer"]["sha256"]:
+        found.append(
+            f"scorer {sa['scorer']['id']} differs in sha256: {str(sa['scorer']['sha256'])[:12]} vs "
+            f"{str(sb['scorer']['sha256'])[:12]} (retrained weights)"
+        )
+    if _decoding(sa) != _decoding(sb):
+        da, db = (json.dumps(_decoding(spec), sort_keys=True) for spec in (sa, sb))
+        found.append(f"decoding differs: {da} vs {db}")
+    backend_a, backend_b = sa["backend"].get("name"), sb["backend"].get("name")
+    if backend_a != backend_b:
+        found.append(f"backends differ: {backend_a} vs {backend_b}")
+    if sa["dataset"].get("sha256") != sb["dataset"].get("sha256"):
+        found.append("dataset sha256 differs (different SEV files)")
+    if sa["dataset"].get("split") != sb["dataset"].get("split"):
+        found.append(f"splits differ: {sa['dataset'].get('split')} vs {sb['dataset'].get('split')}")
+    return found
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _signed(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.3g}" if value >= 0.001 else f"{value:.1e}"
+
+
+def compare(path_a: str | Path, path_b: str | Path, resamples: int = 2000, seed: int = 0) -> dict:
+    if resamples < 100:
+        raise UserError("--resamples must be >= 100")
+    run_a, run_b = load_run(path_a), load_run(path_b)
+    shared = set(run_a.samples) & set(run_b.samples)
+    if not shared:
+        raise UserError("the two runs share no sample ids; nothing to compare")
+    for sample_id in sorted(shared):
+        sa, sb = run_a.samples[sample_id], run_b.samples[sample_id]
+        if (sa["valence"], sa["target_emotion"]) != (sb["valence"], sb["target_emotion"]):
+            raise UserError(f"sample {sample_id!r} has different valence/target in the two runs")
+    return {
+        "a": run_a.label,
+        "b": run_b.label,
+        "n_a": len(run_a.samples),
+        "n_b": len(run_b.samples),
+        "n_shared": len(shared),
+        "resamples": resamples,
+        "seed": seed,
+        "warnings": warnings_for(run_a.results, run_b.results),
+        "rows": paired_rows(run_a, run_b, resamples, seed),
+    }
+
+
+def compare_markdown(report: dict) -> str:
+    lines = [
+        "# sev-bench compare",
+        "",
+        f"- A: {report['a']}",
+        f"- B: {report['b']}",
+        f"- paired on {report['n_shared']} shared samples (A has {report['n_a']}, B has {report['n_b']})",
+        f"- delta = B - A in accuracy points; 95% interval from a paired bootstrap ({report['resamples']} "
+        f"resamples, seed {report['seed']}); McNemar exact test on the discordant pairs "
+        "(A only = A right and B wrong, B only = the reverse), two-sided",
+    ]
+    for warning in report["warnings"]:
+        lines.append(f"- **warning**: {warning}")
+    for kind, title in (("overall", "Overall and per valence"), ("emotion", "Per target emotion")):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| group | n | A (%) | B (%) | delta | 95% interval | A only | B only | McNemar p |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
+        for row in report["rows"]:
+            if (kind == "overall") != (row["kind"] in ("overall", "valence")):
+                continue
+            low, high = row["delta_ci95"]
+            lines.append(
+                f"| {row['group']} | {row['n']} | {_pct(row['acc_a'])} | {_pct(row['acc_b'])} | "
+                f"**{_signed(row['delta'])}** | {_signed(low)} to {_signed(high)} | {row['a_only']} | "
+                f"{row['b_only']} | {_p(row['p_mcnemar'])} |"
+            )
+    return "\n".join(lines) + "\n"
