@@ -10,7 +10,17 @@ Sites (module paths come from the model's `ArchAdapter`):
 - `attn_out` / `mlp_out`: the attention / MLP sublayer output, before it is added to the residual;
 - `attn_head`: the input of the attention output projection, split per head (`index` = head numbers);
 - `mlp_neuron`: the input of the MLP down projection, i.e. the gated activations (`index` = neurons);
-- `resid_mid` (capture only): the residual after the attention sublayer, `h_in + attn_out`.
+- `resid_mid` (capture only): the residual after the attention sublayer, `h_in + attn_out`;
+- `resid_final` (capture only, layer = the last layer): the output of the model's final norm, i.e. the
+  post-norm last hidden state the LM head reads.
+
+Captures read the prompt's last token at prefill, or (`Capture(..., decode=True)`) the last token of each
+decode call instead: discovery prefills a prompt without its last token, then runs that token as one
+decode step carrying many differently-changed copies of each prompt (per-row specs), which gives the
+last-token effect of each change at the cost of one token. `HookSession(..., stop_after=(site, layer))`
+ends the forward once that site is computed (the layers above it do not run); the session swallows the
+`ForwardStopped` it raises, so the block after the model call is skipped and the captures are read
+after the `with`.
 
 Positions are told apart by the KV cache: a forward call that starts with an empty cache is the prompt
 (prefill); every later call of the same generation carries generated tokens, one per decode step.
@@ -26,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SITES = ("resid_post", "attn_out", "mlp_out", "attn_head", "mlp_neuron")
-CAPTURE_SITES = ("resid_mid", "resid_post", "attn_head", "mlp_neuron")
+CAPTURE_SITES = ("resid_mid", "resid_post", "attn_head", "mlp_neuron", "resid_final")
 OPS = ("add", "scale", "set", "ablate")
 POSITIONS = ("last_prompt", "prompt", "generated")
 NORMS = ("none", "rms")
@@ -72,10 +82,12 @@ class InterventionSpec:
 
 @dataclass(frozen=True)
 class Capture:
-    """Record `site` of `layer` at each row's last prompt token (prefill only)."""
+    """Record `site` of `layer` at each row's last prompt token (prefill only), or with `decode=True` at
+    the last token of each decode call (decode calls only)."""
 
     site: str
     layer: int
+    decode: bool = False
 
     def __post_init__(self) -> None:
         if self.site not in CAPTURE_SITES:
@@ -93,6 +105,14 @@ class _CallState:
     position_masks: dict = field(default_factory=dict)  # cache: frozenset(positions) -> [batch, seq] bool
 
 
+class ForwardStopped(Exception):
+    """Raised inside the model by a session's `stop_after` hook; the session that raised it swallows it."""
+
+    def __init__(self, session) -> None:
+        super().__init__("forward stopped early by a HookSession")
+        self.session = session
+
+
 class HookSession:
     """Context manager: `with HookSession(loaded, specs, captures) as session: model.generate(...)`.
 
@@ -100,10 +120,11 @@ class HookSession:
     float tensor per prefill forward call, on the CPU. `session.tokens_changed[(site, layer)]` counts the
     generated tokens each site changed during decoding (tests use it)."""
 
-    def __init__(self, loaded, specs=(), captures=()) -> None:
+    def __init__(self, loaded, specs=(), captures=(), stop_after: tuple[str, int] | None = None) -> None:
         self.loaded = loaded
         self.specs = list(specs)
         self.captures = list(captures)
+        self.stop_after = stop_after
         self.captured: dict[tuple[str, int], list] = defaultdict(list)
         self.decode_calls = 0  # forward calls of the model that carried generated tokens
         self.tokens_changed: dict[tuple[str, int], int] = defaultdict(int)  # generated tokens hit, per site
@@ -118,6 +139,15 @@ class HookSession:
         for item in [*self.specs, *self.captures]:
             if not 0 <= item.layer < n_layers:
                 raise ValueError(f"{item.site} layer {item.layer} is out of range: the model has {n_layers} layers")
+        for capture in self.captures:
+            if capture.site == "resid_final" and capture.layer != n_layers - 1:
+                raise ValueError(f"resid_final is read after the last layer: give layer {n_layers - 1}")
+        if self.stop_after is not None:
+            site, layer = self.stop_after
+            if site not in ("resid_mid", "resid_post", "resid_final") or not 0 <= layer < n_layers:
+                raise ValueError(
+                    f"stop_after={self.stop_after!r}: expected (resid_mid|resid_post|resid_final, layer in range)"
+                )
         for spec in self.specs:
             width = self._site_width(spec.site)
             if spec.index is not None and not all(0 <= i < self._index_limit(spec.site) for i in spec.index):
@@ -151,8 +181,9 @@ class HookSession:
             raise
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> bool:
         self._remove()
+        return isinstance(exc, ForwardStopped) and exc.session is self
 
     def _remove(self) -> None:
         while self._handles:
@@ -184,13 +215,30 @@ class HookSession:
 
         for capture in self.captures:
             self._register_capture(capture)
+        if self.stop_after is not None:  # registered last: the captures of the same module run first
+            site, layer = self.stop_after
+            if site == "resid_final":
+                module = self.loaded.model.get_submodule(adapter.final_norm)
+            elif site == "resid_post":
+                module = self.loaded.layer(layer)
+            else:
+                module = self._module(layer, adapter.attn_residual)
+            self._handles.append(module.register_forward_hook(self._stop))
+
+    def _stop(self, module, args, output) -> None:
+        raise ForwardStopped(self)
 
     def _register_capture(self, capture: Capture) -> None:
         adapter = self.loaded.adapter
         key = (capture.site, capture.layer)
-        if capture.site == "resid_post":
-            module = self.loaded.layer(capture.layer)
-            self._handles.append(module.register_forward_hook(lambda m, a, out: self._record(key, _first(out))))
+        if capture.site in ("resid_post", "resid_final"):
+            if capture.site == "resid_final":
+                module = self.loaded.model.get_submodule(adapter.final_norm)
+            else:
+                module = self.loaded.layer(capture.layer)
+            self._handles.append(
+                module.register_forward_hook(lambda m, a, out: self._record(key, _first(out), capture.decode))
+            )
         elif capture.site == "resid_mid":
             # h_mid = h_in + attn_out: remember the layer input, add the attention sublayer's output to it.
             layer_inputs: dict[str, Any] = {}
@@ -199,7 +247,7 @@ class HookSession:
                 layer_inputs["h"] = args[0] if args else kwargs["hidden_states"]
 
             def add_attention(module, args, output):
-                self._record(key, layer_inputs.pop("h") + _first(output))
+                self._record(key, layer_inputs.pop("h") + _first(output), capture.decode)
 
             self._handles.append(
                 self.loaded.layer(capture.layer).register_forward_pre_hook(remember_input, with_kwargs=True)
@@ -209,7 +257,9 @@ class HookSession:
         else:
             path = adapter.attn_out_proj if capture.site == "attn_head" else adapter.mlp_down_proj
             module = self._module(capture.layer, path)
-            self._handles.append(module.register_forward_pre_hook(lambda m, args: self._record(key, args[0])))
+            self._handles.append(
+                module.register_forward_pre_hook(lambda m, args: self._record(key, args[0], capture.decode))
+            )
 
     # ----------------------------------------------------------- hooks
 
@@ -322,11 +372,11 @@ class HookSession:
 
         return hook
 
-    def _record(self, key, tensor) -> None:
+    def _record(self, key, tensor, decode: bool = False) -> None:
         state = self._state
-        if state.past_length != 0:
-            return  # captures read the prompt only
-        rows = tensor[range(tensor.shape[0]), state.last_prompt_index]
+        if (state.past_length != 0) != decode:
+            return  # a prompt capture reads prefill calls only, a decode capture decode calls only
+        rows = tensor[:, -1] if decode else tensor[range(tensor.shape[0]), state.last_prompt_index]
         self.captured[key].append(rows.detach().float().cpu())
 
 

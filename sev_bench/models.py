@@ -44,6 +44,7 @@ class ArchAdapter:
     # and MLP blocks themselves, or the norms after them in families that normalise sublayer outputs.
     attn_residual: str = "self_attn"
     mlp_residual: str = "mlp"
+    final_norm: str = "model.norm"  # the norm after the last layer (its output: the post-norm last hidden state)
 
 
 _LLAMA_LIKE = ArchAdapter(

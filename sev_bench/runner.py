@@ -46,6 +46,7 @@ class RunRequest:
     scorer_options: dict = field(default_factory=dict)  # load_scorer(options=...): --scorer-model, --judge-url, ...
     threads: int | None = None  # CPU threads for torch (default: torch's own choice)
     shard: tuple[int, int] | None = None  # (index, count): this process generates only its shard
+    backend: str = "hf"  # "hf" (hookable) or "vllm" (methods without interventions only)
     progress: bool = True
 
 
@@ -215,8 +216,9 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         raise UserError("--batch-size must be >= 1")
     if request.threads is not None and request.threads < 1:
         raise UserError("--threads must be >= 1")
-    if "hf" not in method_config.method.backends:
-        raise UserError(f"method {method_config.name!r} does not run on the hf backend")
+    from .backends import backend_info, check_backend, make_generator
+
+    check_backend(request.backend, method_config.method)
     from .scoring import SCORERS, load_scorer
 
     SCORERS.get(request.scorer)  # an unknown scorer fails here, before any data or model loads
@@ -238,6 +240,8 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "dataset_sha256": fingerprint,
         "scorer": {"id": scorer.id, "sha256": scorer.sha256},
         "seed": request.seed,
+        # hf runs keep their identity (and run dirs) of before the vllm backend existed
+        **({"backend": request.backend} if request.backend != "hf" else {}),
     }
     run_dir = RunDir(request.output_dir or default_output_dir(identity))
     run_dir.start(identity)
@@ -255,13 +259,19 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         import torch
 
         torch.set_num_threads(request.threads)
-    from .backends.hf import HFGenerator
-    from .models import load_model
-
     load_start = time.perf_counter()
-    loaded = load_model(request.model, dtype=request.dtype, device=request.device)
+    generator = make_generator(
+        request.backend,
+        request.model,
+        dtype=request.dtype,
+        device=request.device,
+        batch_size=request.batch_size,
+        config=method_config.generation,
+        seed=request.seed,
+        threads=request.threads,
+    )
+    loaded = generator.loaded
     timings["model_load_s"] = time.perf_counter() - load_start
-    generator = HFGenerator(loaded, request.batch_size, method_config.generation)
     artifact = None
     if todo or (method_config.method.kind != "prompt" and previous is None):  # its sha256 goes in the results
         prepare_start = time.perf_counter()
@@ -324,7 +334,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
                 "artifact": _artifact_info(artifact),
             },
             "model": _model_info(loaded, request.dtype),
-            "backend": {"name": "hf", "batch_size": generator.batch_size},
+            "backend": backend_info(generator),
             "generation": {
                 **method_config.generation.as_dict(),
                 "policy": method_config.decoding_policy,
@@ -372,11 +382,20 @@ def _model_info(loaded, dtype_requested: str) -> dict:
 
 
 def _add_fluency(loaded, method, row_of_id: dict, samples: list[dict]) -> None:
-    """Give `samples` (in place) their fluency records, rebuilding each chat from its SEV row."""
-    conversations = [method.messages(row_of_id[s["id"]], s["target_emotion"]) for s in samples]
-    records = fluency_records(loaded, conversations, [s["completion"] for s in samples])
-    for sample, record in zip(samples, records):
-        sample["fluency"] = record
+    """Give `samples` (in place) their fluency records, rebuilding each chat from its SEV row; each
+    distinct (chat, reply) pair is measured once (`none` shares one reply among six targets)."""
+    pairs: dict[str, tuple[list[dict], str]] = {}
+    key_of_sample = []
+    for sample in samples:
+        messages = method.messages(row_of_id[sample["id"]], sample["target_emotion"])
+        key = json.dumps([messages, sample["completion"]])
+        pairs.setdefault(key, (messages, sample["completion"]))
+        key_of_sample.append(key)
+    keys = list(pairs)
+    records = fluency_records(loaded, [pairs[k][0] for k in keys], [pairs[k][1] for k in keys])
+    record_of_key = dict(zip(keys, records))
+    for sample, key in zip(samples, key_of_sample):
+        sample["fluency"] = record_of_key[key]
 
 
 def _log(message: str) -> None:

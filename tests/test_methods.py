@@ -93,7 +93,7 @@ def test_yaml_path_and_its_errors(tmp_path):
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(UserError, match="unknown method 'telepathy'; known: none, prompting"):
+    with pytest.raises(UserError, match="unknown method 'telepathy'; known: circuit, none, prompting, steering"):
         resolve_method("telepathy")
 
 
@@ -180,4 +180,4 @@ def test_method_configs_ship_inside_the_wheel(tmp_path):
     )
     module_file, source, configs = result.stdout.splitlines()
     assert module_file.startswith(str(unpacked))
-    assert source == "builtin:prompting.yaml" and configs == "['none', 'prompting']"
+    assert source == "builtin:prompting.yaml" and configs == "['circuit', 'none', 'prompting', 'steering']"

@@ -320,26 +320,28 @@ class LastTokenBatch:
         return self.ids.shape[0]
 
     def step(self, rows, specs=(), captures=(), stop_after=None):
-        """(captured {(site, layer): [R, width] float CPU}, h_final [R, d] float CPU or None if stopped)."""
+        """(captured {(site, layer): [R, width] float CPU}, h_final [R, d] float CPU, or None when
+        `stop_after` ends the forward earlier). The LM head never runs."""
         import torch
 
-        from ..interventions import HookSession
+        from ..interventions import Capture, HookSession
 
         index = rows.to(self.ids.device)
         kwargs = {self.cache_argument: _select_cache(self.cache, index)}
-        out = None
+        last = self.loaded.num_layers - 1
+        final = Capture("resid_final", last, decode=True)
+        if stop_after is None:
+            captures, stop_after = [*captures, final], ("resid_final", last)
         with torch.inference_mode(), HookSession(self.loaded, specs, captures, stop_after=stop_after) as session:
-            out = self.loaded.model(
+            self.loaded.model(
                 input_ids=self.ids[index, -1:],
                 attention_mask=self.mask[index],
                 use_cache=True,
-                output_hidden_states=stop_after is None,
                 logits_to_keep=1,
                 **kwargs,
             )
         captured = {key: values[0] for key, values in session.captured.items()}
-        final = out.hidden_states[-1][:, -1].float().cpu() if out is not None and stop_after is None else None
-        return captured, final
+        return captured, captured.pop(("resid_final", last), None)
 
 
 def _length_batches(loaded, texts: list[str], size: int) -> list[list[int]]:
@@ -347,10 +349,6 @@ def _length_batches(loaded, texts: list[str], size: int) -> list[list[int]]:
     lengths = [len(ids) for ids in loaded.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
     return [order[start : start + size] for start in range(0, len(order), size)]
-
-
-def _device_of(loaded):
-    return next(loaded.model.parameters()).device
 
 
 # ============================================================================ stages (model passes)
@@ -944,10 +942,11 @@ def discover_circuit(
     max_rows: int = 128,
     progress: bool = True,
     log=print,
+    report: bool = True,
 ) -> tuple[Circuit, bool]:
     """The circuit for `loaded`: reused when the output dir (default: the cache folder for these inputs)
     holds one made from the same inputs and settings; else the missing stages are computed there.
-    Returns (circuit, reused)."""
+    `report=False` skips report.md and the figures. Returns (circuit, reused)."""
     import torch
 
     if config.accept == "scorer" and scorer is None:
@@ -1207,11 +1206,14 @@ def discover_circuit(
         "timings": timings,
     }
     circuit = Circuit(out, tensors, metadata)
-    started = time.perf_counter()
-    from .circuit_report import write_circuit_report
+    if report:
+        started = time.perf_counter()
+        from .circuit_report import write_circuit_report
 
-    write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out)
-    timings["report"] = {"seconds": round(time.perf_counter() - started, 2), "reused": False}
+        write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out)
+        timings["report"] = {"seconds": round(time.perf_counter() - started, 2), "reused": False}
+    elif (out / "report.md").is_file():
+        (out / "report.md").unlink()  # it described the circuit this one replaces
     write_json_atomic(meta_path, metadata)  # last: marks the artifact complete
     return circuit, False
 
@@ -1249,9 +1251,11 @@ def _write_validation_csv(path: Path, records: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def obtain_circuit(context, config: CircuitConfig, output_dir=None, max_rows: int = 128) -> tuple[Circuit, bool]:
+def obtain_circuit(
+    context, config: CircuitConfig, output_dir=None, max_rows: int = 128, announce: bool = True
+) -> tuple[Circuit, bool]:
     """The cached circuit for this model and these inputs, discovered first (directions included) when
-    there is none. Returns (circuit, reused)."""
+    there is none (said on the log when `announce`). Returns (circuit, reused)."""
     from ..data import dataset_fingerprint, load_sev
     from ..runner import select_rows  # not at the top: the runner imports the methods, which import this
     from .directions import obtain_directions
@@ -1265,7 +1269,7 @@ def obtain_circuit(context, config: CircuitConfig, output_dir=None, max_rows: in
         if reused
         else {"seconds": round(time.perf_counter() - started, 2), "reused": False}
     )
-    if output_dir is None:
+    if output_dir is None and announce:
         key = circuit_key(
             context.loaded,
             fingerprint,
@@ -1336,4 +1340,4 @@ def discover_for_model(
     loaded = load_model(model, dtype=dtype, device=device)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     context = PrepareContext(loaded, scorer, data_dir, dtype, batch_size, progress, log=log)
-    return obtain_circuit(context, config, output_dir=output_dir, max_rows=max_rows)
+    return obtain_circuit(context, config, output_dir=output_dir, max_rows=max_rows, announce=False)

@@ -1,0 +1,71 @@
+"""`circuit`: modulate the discovered emotion circuit (protocol step 7).
+
+For the target emotion's selected neurons N_l and heads H_l (`sev-bench discover circuit`):
+
+    a[N_l]  += scale * dmu_mlp[e, l][N_l]            MLP down-projection input, last position of every
+                                                    forward call (the last prompt token, then each new token)
+    x[H_l]  += scale * (dmu_attn[e, l] masked to H_l) attention output-projection input, every position
+
+No emotion in the prompt. `scale` (the paper's lambda) is 1.0 by default; tune it on dev with
+`sev-bench tune --method circuit --grid scale=...`. The circuit is discovered first, then cached, when
+the run finds none for this model and these inputs.
+"""
+
+from __future__ import annotations
+
+from .. import prompts
+from ..errors import UserError
+from .base import METHODS, ControlMethod, Param, PrepareContext
+
+
+@METHODS.register("circuit")
+class CircuitModulation(ControlMethod):
+    name = "circuit"
+    kind = "circuit"
+    description = "adds scale * (emotion difference vectors) to the emotion's circuit of neurons and heads (step 7)"
+    params = {
+        "scale": Param(float, 1.0, "modulation strength lambda (0 = no change)"),
+        "system_prompt": Param(str, prompts.NEUTRAL_SYSTEM, "system prompt (no emotion in it)"),
+        "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
+        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
+        "circuit": Param(str, "", "a circuit artifact dir (default: the cache for this model)"),
+    }
+
+    def __init__(self, **overrides) -> None:
+        super().__init__(**overrides)
+        if self.params["accept"] not in ("all", "scorer"):
+            raise UserError(f"accept={self.params['accept']!r}: expected all or scorer")
+        if self.params["discovery_limit"] < 0:
+            raise UserError("discovery_limit must be >= 0")
+
+    def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
+        return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
+
+    def prepare(self, context: PrepareContext):
+        from ..data import dataset_fingerprint
+        from ..discovery.circuit import CircuitConfig, check_circuit, load_circuit, obtain_circuit
+
+        if self.params["circuit"]:
+            circuit = load_circuit(self.params["circuit"])
+        else:
+            config = CircuitConfig(accept=self.params["accept"], limit=self.params["discovery_limit"] or None)
+            circuit, _ = obtain_circuit(context, config)
+        check_circuit(circuit, context.loaded, dataset_fingerprint(context.data_dir), context.scorer)
+        parameter = next(context.loaded.model.parameters())
+        for name in ("dmu_mlp", "dmu_attn"):  # once, not at every hook call
+            circuit.tensors[name] = circuit.tensors[name].to(device=parameter.device, dtype=parameter.dtype)
+        for name in ("neurons", "heads"):
+            circuit.tensors[name] = circuit.tensors[name].to(device=parameter.device)
+        return circuit
+
+    def interventions(self, artifact, target_emotion: str) -> list:
+        from ..interventions import InterventionSpec
+
+        positions = {
+            "mlp_neuron": frozenset({"last_prompt", "generated"}),
+            "attn_head": frozenset({"prompt", "generated"}),
+        }
+        return [
+            InterventionSpec(site, layer, "add", value, positions=positions[site])
+            for site, layer, value in artifact.modulation(target_emotion, self.params["scale"])
+        ]
