@@ -403,9 +403,18 @@ def _log(message: str) -> None:
 
 
 def _artifact_info(artifact) -> dict | None:
+    """The artifact's sha256 and where it lies; a path inside the cache is written relative to
+    `$SEV_BENCH_CACHE`, so result files do not carry one machine's paths."""
     if artifact is None:
         return None
-    return {"path": str(artifact.path), "sha256": artifact.sha256}
+    from .paths import cache_dir
+
+    path = Path(artifact.path).resolve()
+    try:
+        shown = "$SEV_BENCH_CACHE/" + path.relative_to(cache_dir().resolve()).as_posix()
+    except ValueError:
+        shown = str(artifact.path)
+    return {"path": shown, "sha256": artifact.sha256}
 
 
 def _template_info(generator) -> dict:
