@@ -2,4 +2,6 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# Guarded: engines that spawn worker processes (vLLM) re-import the main module in each child.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -164,6 +164,8 @@ def reply_perplexities(
         raise ValueError("conversations and replies must have the same length")
     if batch_size < 1 or pad_multiple < 1:
         raise ValueError("batch_size and pad_multiple must be >= 1")
+    if hasattr(loaded, "reply_perplexities"):  # an engine that computes them itself (the vllm backend)
+        return loaded.reply_perplexities(conversations, replies)
     model, tokenizer = loaded.model, loaded.tokenizer
     if _has_hooks(model):
         raise RuntimeError("reply_perplexities needs the unmodified model, but forward hooks are registered on it")
