@@ -58,7 +58,14 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, VALENCES
-from .directions import ACCEPT_MODES, MIN_GROUPS, _complete_groups, _file_sha256, model_signature
+from .directions import (
+    ACCEPT_MODES,
+    MIN_GROUPS,
+    _complete_groups,
+    _file_sha256,
+    model_signature,
+    read_artifact,
+)
 
 ARTIFACT_FORMAT = "sev-bench-circuit/1"
 STAGES = ("activations", "heads", "sublayers", "validation")
@@ -760,23 +767,8 @@ class Circuit:
 
 
 def load_circuit(path: str | Path) -> Circuit:
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta_path = path / "metadata.json"
-    if not meta_path.is_file():
-        raise UserError(f"{path} is not a circuit artifact (no metadata.json); run `sev-bench discover circuit`")
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{meta_path} is unreadable ({exc})") from None
-    if metadata.get("format") != ARTIFACT_FORMAT:
-        raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {ARTIFACT_FORMAT}")
-    tensor_path = path / "circuit.safetensors"
-    digest = _file_sha256(tensor_path) if tensor_path.is_file() else None
-    if digest != metadata.get("tensors_sha256"):
-        raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
-    return Circuit(path, load_file(str(tensor_path)), metadata)
+    tensors, metadata = read_artifact(path, ARTIFACT_FORMAT, "circuit.safetensors", "sev-bench discover circuit")
+    return Circuit(Path(path), tensors, metadata)
 
 
 def check_circuit(circuit: Circuit, loaded, dataset_sha256: dict, scorer) -> None:

@@ -107,24 +107,34 @@ def check_model(metadata: dict, loaded, where: Path, what: str = "directions") -
         )
 
 
-def load_directions(path: str | Path) -> Directions:
+def read_artifact(path: str | Path, artifact_format: str, tensors_file: str, command: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a discovery artifact dir, checked: metadata.json present and readable, the
+    expected format, and the tensors file matching the sha256 the metadata recorded. Any failure is a
+    one-line UserError naming `command` (the discovery that makes such an artifact)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     meta_path = path / "metadata.json"
     if not meta_path.is_file():
-        raise UserError(f"{path} is not a directions artifact (no metadata.json); run `sev-bench discover directions`")
+        raise UserError(f"{path} is not an artifact of `{command}` (no metadata.json); run `{command}`")
     try:
         metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{meta_path} is unreadable ({exc})") from None
-    if metadata.get("format") != ARTIFACT_FORMAT:
-        raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {ARTIFACT_FORMAT}")
-    tensor_path = path / "directions.safetensors"
+    if metadata.get("format") != artifact_format:
+        raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {artifact_format}")
+    tensor_path = path / tensors_file
     digest = _file_sha256(tensor_path) if tensor_path.is_file() else None
     if digest != metadata.get("tensors_sha256"):
         raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
-    return Directions(path, load_file(str(tensor_path)), metadata)
+    return load_file(str(tensor_path)), metadata
+
+
+def load_directions(path: str | Path) -> Directions:
+    tensors, metadata = read_artifact(
+        path, ARTIFACT_FORMAT, "directions.safetensors", "sev-bench discover directions"
+    )
+    return Directions(Path(path), tensors, metadata)
 
 
 def _file_sha256(path: Path) -> str:
