@@ -130,8 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> None:
+    from .distributed import close_process_group, detect_launch, init_process_group, rank_device
     from .runner import RunRequest, parse_shard, run
 
+    shard, device, progress = parse_shard(args.shard), args.device, not args.no_progress
+    launch = detect_launch()
+    if launch is not None:  # torchrun / accelerate launch: this process is one rank, i.e. one shard
+        if shard is not None:
+            raise UserError(
+                f"--shard cannot be combined with a {launch.world_size}-process launch: each rank takes its own "
+                "shard; drop --shard"
+            )
+        shard, device, progress = launch.shard, rank_device(device, launch), progress and launch.is_main
+        init_process_group()
     request = RunRequest(
         method=args.method,
         model=args.model,
@@ -144,17 +155,21 @@ def cmd_run(args) -> None:
         output_dir=args.output_dir,
         seed=args.seed,
         dtype=args.dtype,
-        device=args.device,
+        device=device,
         data_dir=args.data_dir,
         overrides=args.overrides,
         scorer_options=_scorer_options(args),
         threads=args.threads,
-        shard=parse_shard(args.shard),
+        shard=shard,
         backend=args.backend,
-        progress=not args.no_progress,
+        progress=progress,
+        distributed=launch is not None,
     )
-    results, run_dir = run(request)
-    if results is None:  # a shard whose siblings are still running
+    try:
+        results, run_dir = run(request)
+    finally:
+        close_process_group()
+    if results is None:  # a shard whose siblings are still running, or a rank other than 0
         return
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     print(f"results: {run_dir / 'results.json'}")
@@ -343,9 +358,7 @@ def _add_discovery_commands(commands) -> None:
 def _add_tune_command(commands) -> None:
     tune = commands.add_parser("tune", help="choose a method's hyper-parameters on the dev split")
     tune.add_argument("--method", required=True, help="method name or .yaml config to tune")
-    tune.add_argument(
-        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try (repeatable)"
-    )
+    tune.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try (repeatable)")
     tune.add_argument("--output-dir", required=True, help="where the dev runs, tuning.md and tuned.yaml go")
     tune.add_argument("--model", default="smollm2-135m")
     tune.add_argument("--limit", type=int, help="only the first N dev rows, themes interleaved")
@@ -404,8 +417,10 @@ def cmd_discover(args) -> None:
         threads=args.threads,
         progress=not args.no_progress,
     )
-    print(f"directions: {directions.path} ({'reused' if reused else 'discovered'}; report: "
-          f"{directions.path / 'report.md'})")
+    print(
+        f"directions: {directions.path} ({'reused' if reused else 'discovered'}; report: "
+        f"{directions.path / 'report.md'})"
+    )
 
 
 def _discover_circuit(args) -> None:
@@ -435,11 +450,17 @@ def _discover_circuit(args) -> None:
     )
     meta = circuit.metadata
     print(f"circuit: {circuit.path} ({'reused' if reused else 'discovered'}; report: {circuit.path / 'report.md'})")
-    print("wall time per stage (s): " + ", ".join(
-        f"{name} {info['seconds']}{' (reused)' if info.get('reused') else ''}" for name, info in meta["timings"].items()
-    ))
-    print(f"budget: {meta['budget']['neurons']} neurons + {meta['budget']['heads']} heads per emotion; mean pairwise "
-          f"Jaccard heads {meta['jaccard']['heads']['mean']:.3f}, neurons {meta['jaccard']['neurons']['mean']:.3f}")
+    print(
+        "wall time per stage (s): "
+        + ", ".join(
+            f"{name} {info['seconds']}{' (reused)' if info.get('reused') else ''}"
+            for name, info in meta["timings"].items()
+        )
+    )
+    print(
+        f"budget: {meta['budget']['neurons']} neurons + {meta['budget']['heads']} heads per emotion; mean pairwise "
+        f"Jaccard heads {meta['jaccard']['heads']['mean']:.3f}, neurons {meta['jaccard']['neurons']['mean']:.3f}"
+    )
 
 
 COMMANDS = {
@@ -457,9 +478,17 @@ COMMANDS = {
 }
 
 
+def _multi_process_launch() -> bool:
+    from .distributed import detect_launch
+
+    return detect_launch() is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command != "run" and _multi_process_launch():
+            raise UserError(f"only `sev-bench run` splits across launched processes; run `{args.command}` once")
         status = COMMANDS[args.command](args)
     except UserError as exc:
         print(f"sev-bench: error: {exc}", file=sys.stderr)

@@ -46,6 +46,9 @@ class RunRequest:
     scorer_options: dict = field(default_factory=dict)  # load_scorer(options=...): --scorer-model, --judge-url, ...
     threads: int | None = None  # CPU threads for torch (default: torch's own choice)
     shard: tuple[int, int] | None = None  # (index, count): this process generates only its shard
+    # the shard is this process's rank in a torchrun/accelerate launch (sev_bench.distributed): all ranks
+    # meet at a barrier after generating, then rank 0 alone merges and writes the results
+    distributed: bool = False
     backend: str = "hf"  # "hf" (hookable) or "vllm" (methods without interventions only)
     progress: bool = True
 
@@ -295,10 +298,19 @@ def run(request: RunRequest) -> tuple[dict, Path]:
             len(rows),
         )
 
+    if request.distributed:
+        from .distributed import wait_for_all_ranks
+
+        wait_for_all_ranks()
+        if request.shard[0] != 0:
+            _log(f"rank {request.shard[0]}/{request.shard[1]} done; rank 0 merges the shards into results.json")
+            return None, run_dir.path
+
     done = run_dir.completed(own=own_file)
     samples = [done[row["id"]] for row in rows if row["id"] in done]
     if len(samples) != len(rows):
-        if request.shard is not None:  # other shards are still at work: the last one to end finishes
+        if request.shard is not None and not request.distributed:  # other shards are still at work: the last
+            # one to end finishes
             print(
                 f"shard {request.shard[0]}/{request.shard[1]} done; {len(rows) - len(samples)} replies are "
                 "left to other shards (the last shard to end writes results.json)",

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from sev_bench.prompts import EMOTIONS
-from sev_bench.scoring import SCORERS, Scorer
+from keyword_scorer import KeywordScorer  # noqa: F401  (importing it registers the "test-keywords" scorer)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,37 +47,3 @@ def _isolated_environment(monkeypatch, sev_data_dir, tmp_path_factory):
     if "SEV_BENCH_CACHE" not in os.environ:
         monkeypatch.setenv("SEV_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("SEV_BENCH_BASE_URL", raising=False)
-
-
-KEYWORDS = {
-    "anger": ("angry", "anger", "furious", "unacceptable"),
-    "sadness": ("sad", "sorry", "heartbroken", "unfortunately"),
-    "happiness": ("happy", "great", "wonderful", "glad"),
-    "fear": ("afraid", "scared", "worried", "fear"),
-    "surprise": ("wow", "surprised", "unexpected", "shocking"),
-    "disgust": ("disgusting", "gross", "disgust", "revolting"),
-}
-
-
-@SCORERS.register("test-keywords")
-class KeywordScorer(Scorer):
-    """A deterministic word-count scorer for fast mechanics tests (not a real emotion scorer)."""
-
-    name = "test-keywords"
-    description = "test only: counts emotion keywords"
-
-    @classmethod
-    def load(cls, data_dir=None, verbose=True):
-        return cls()
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(repr(sorted(KEYWORDS.items())).encode()).hexdigest()
-
-    def predict_proba(self, texts):
-        counts = np.ones((len(texts), len(EMOTIONS)))
-        for row, text in enumerate(texts):
-            lowered = text.lower()
-            for column, emotion in enumerate(EMOTIONS):
-                counts[row, column] += sum(lowered.count(word) for word in KEYWORDS[emotion])
-        return counts / counts.sum(axis=1, keepdims=True)
