@@ -106,12 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     scorer = commands.add_parser("scorer", help="train or evaluate an emotion scorer")
     scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True, parser_class=_Parser)
-    train = scorer_commands.add_parser("train", help="train minilm-probe on the train-split reference replies")
+    train = scorer_commands.add_parser(
+        "train", help="(re)train minilm-probe or minilm-finetuned on the train-split reference replies"
+    )
+    train.add_argument("--scorer", choices=("minilm-probe", "minilm-finetuned"), default="minilm-probe")
     train.add_argument("--seed", type=int, default=0)
     _add_data_dir(train)
     evaluate = scorer_commands.add_parser("eval", help="agreement with the paper's judge on the test split")
     evaluate.add_argument("--scorer", default="minilm-probe")
     evaluate.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+    evaluate.add_argument(
+        "--output-dir", help="write agreement.md/.json and confusion.png here (and stress.md/.json with --stress)"
+    )
+    evaluate.add_argument(
+        "--stress", action="store_true", help="also score the stress sets (truncated, repeated, neutral, off-topic)"
+    )
+    evaluate.add_argument(
+        "--stress-run",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a run's replies as a stress set, split by the fluency gate (repeatable; implies --stress)",
+    )
     _add_scorer_options(evaluate)
     _add_data_dir(evaluate)
 
@@ -211,22 +227,53 @@ def cmd_scorers(args) -> None:
 def cmd_scorer(args) -> None:
     if args.scorer_command == "train":
         from .scoring.agreement import evaluate_agreement, format_agreement
-        from .scoring.minilm_probe import MiniLMProbe, train_probe
 
-        path = train_probe(data_dir=args.data_dir, seed=args.seed)
-        print(f"trained minilm-probe: {path}")
-        print(format_agreement(evaluate_agreement(MiniLMProbe.from_file(path), data_dir=args.data_dir)))
+        if args.scorer == "minilm-finetuned":
+            from .scoring.minilm_finetuned import MiniLMFinetuned, train_finetuned
+
+            path = train_finetuned(data_dir=args.data_dir, seed=args.seed)
+            trained = MiniLMFinetuned.from_file(path)
+        else:
+            from .scoring.minilm_probe import MiniLMProbe, train_probe
+
+            path = train_probe(data_dir=args.data_dir, seed=args.seed)
+            trained = MiniLMProbe.from_file(path)
+        print(f"trained {args.scorer}: {path}")
+        print(format_agreement(evaluate_agreement(trained, data_dir=args.data_dir)))
         return
+    from .atomic import write_json_atomic, write_text_atomic
     from .scoring import load_scorer
     from .scoring.agreement import evaluate_agreement, format_agreement
 
+    for run_dir in args.stress_run:  # before the scorer loads: a typo fails at once
+        if not (Path(run_dir) / "samples.jsonl").is_file():
+            raise UserError(f"--stress-run {run_dir}: no samples.jsonl there (a `sev-bench run` output dir)")
     scorer = load_scorer(args.scorer, data_dir=args.data_dir, options=_scorer_options(args))
     report = evaluate_agreement(scorer, data_dir=args.data_dir)
-    print(format_agreement(report))
+    agreement_text = format_agreement(report)
+    print(agreement_text)
     if args.json_out:
-        from .atomic import write_json_atomic
-
         write_json_atomic(Path(args.json_out), report)
+    out = Path(args.output_dir) if args.output_dir else None
+    if out is not None:
+        from .plots import confusion_figure, write_png
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "agreement.json", report)
+        write_text_atomic(out / "agreement.md", agreement_text)
+        title = f"{scorer.id}: judge-accepted test replies (n={report['judge_accepted']['n']:,})"
+        write_png(confusion_figure(report["judge_accepted"]["confusion"], title), out / "confusion.png")
+    if args.stress or args.stress_run:
+        from .scoring.stress import build_stress_sets, evaluate_stress, format_stress
+
+        stress = evaluate_stress(scorer, build_stress_sets(args.data_dir, runs=args.stress_run))
+        stress_text = format_stress(stress)
+        print(stress_text)
+        if out is not None:
+            write_json_atomic(out / "stress.json", stress)
+            write_text_atomic(out / "stress.md", stress_text)
+    if out is not None:
+        print(f"written to {out}")
     scorer.check_failures()
 
 

@@ -118,6 +118,39 @@ def heatmap_figure(accuracy: dict, title: str):
     return fig
 
 
+def confusion_figure(confusion: dict, title: str):
+    """A scorer's confusion matrix (rows = target emotion, columns = predicted label), coloured by the row
+    share and annotated with the counts."""
+    import matplotlib
+    import numpy as np
+
+    with matplotlib.rc_context(RC):
+        counts = np.asarray(confusion["matrix"], dtype=float)
+        totals = counts.sum(axis=1, keepdims=True)
+        shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        fig = _figure(1.6 + 0.62 * counts.shape[1], 1.2 + 0.45 * counts.shape[0])
+        ax = fig.add_subplot()
+        image = ax.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(counts.shape[1]), confusion["columns"], rotation=30, ha="right")
+        ax.set_yticks(range(counts.shape[0]), confusion["rows"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("target")
+        for row in range(counts.shape[0]):
+            for column in range(counts.shape[1]):
+                ax.text(
+                    column,
+                    row,
+                    f"{counts[row, column]:.0f}",
+                    ha="center",
+                    va="center",
+                    color="white" if shares[row, column] < 0.6 else "black",
+                    fontsize=8,
+                )
+        fig.colorbar(image, ax=ax, label="% of the target's replies")
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
 def write_png(fig, path: Path) -> Path:
     write_bytes_atomic(path, figure_bytes(fig, "png"))
     return path

@@ -54,6 +54,8 @@ NAME = "judge"
 FORMAT = "sev_bench.judge/1"
 OTHER = "other"
 TEMPERATURE = 0.0
+# The paper's verdict is a short JSON object; a cap keeps a rambling endpoint from generating for minutes.
+MAX_TOKENS = 256
 DEFAULT_API_KEY_ENV = "SEV_BENCH_JUDGE_API_KEY"
 DEFAULTS = {
     "judge_api_key_env": DEFAULT_API_KEY_ENV,
@@ -296,7 +298,7 @@ class Judge(Scorer):
         import httpx
 
         client = self._get_client()
-        body = {"model": self.model, "messages": messages, "temperature": TEMPERATURE}
+        body = {"model": self.model, "messages": messages, "temperature": TEMPERATURE, "max_tokens": MAX_TOKENS}
         transient = parse_errors = 0
         while True:
             with self._lock:
