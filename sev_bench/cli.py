@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--target-field", default="target_emotion")
     _add_scorer_options(score)
     _add_data_dir(score)
+
+    rescore = commands.add_parser("rescore", help="score a finished run's saved replies again with another scorer")
+    rescore.add_argument("run_dir", help="a finished run's output dir")
+    rescore.add_argument("--scorer", required=True, help="the scorer to apply (see `sev-bench scorers`)")
+    rescore.add_argument("--output-dir", help="where the rescored run goes (default: RUN_DIR/rescored/<scorer>)")
+    rescore.add_argument("--no-progress", action="store_true")
+    _add_scorer_options(rescore)
+    _add_data_dir(rescore)
     _add_report_commands(commands)
     _add_discovery_commands(commands)
     _add_tune_command(commands)
@@ -215,6 +223,26 @@ def cmd_methods(args) -> None:
         config = resolve_method(name)
         origin = "config" if name in configs else "plug-in"
         print(f"{name:<14} {config.method.kind:<8} {origin:<8} {config.description}")
+
+
+def cmd_rescore(args) -> None:
+    from .rescore import rescore
+    from .scoring import SCORERS, load_scorer
+
+    if not (Path(args.run_dir) / "results.json").is_file():  # before the scorer loads: a typo fails at once
+        raise UserError(f"{args.run_dir}: no results.json; rescore works on finished runs")
+    SCORERS.get(args.scorer)
+    scorer = load_scorer(args.scorer, data_dir=args.data_dir, options=_scorer_options(args))
+    results, out = rescore(args.run_dir, scorer, args.output_dir, progress=not args.no_progress)
+    before = results["rescore"]["from_accuracy_overall"]["acc"]
+    after = results["metrics"]["accuracy"]["overall"]["acc"]
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(
+        f"overall accuracy {100 * before:.1f}% with {results['rescore']['from_scorer']['id']} -> "
+        f"{100 * after:.1f}% with {scorer.id}"
+    )
+    print(f"results: {out / 'results.json'}")
+    _write_run_plots(results, out)
 
 
 def cmd_scorers(args) -> None:
@@ -517,6 +545,7 @@ COMMANDS = {
     "scorers": cmd_scorers,
     "scorer": cmd_scorer,
     "score": cmd_score,
+    "rescore": cmd_rescore,
     "leaderboard": cmd_leaderboard,
     "compare": cmd_compare,
     "check": cmd_check,
