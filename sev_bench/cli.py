@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .defaults import DEFAULT_SCORER
 from .errors import UserError
 
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--emotions", nargs="+", metavar="E", help="target emotions (default: all six)")
     run.add_argument("--valences", nargs="+", metavar="V", help="valences (default: all three)")
     run.add_argument("--batch-size", type=int, default=16, help="halves automatically on out-of-memory")
-    run.add_argument("--scorer", default="minilm-probe", help="emotion scorer (see `sev-bench scorers`)")
+    run.add_argument("--scorer", default=DEFAULT_SCORER, help="emotion scorer (see `sev-bench scorers`)")
     run.add_argument("--output-dir", help="run dir (default: sev-bench-runs/<method>_<model>_<split>_<hash>)")
     run.add_argument("--seed", type=int, default=1234)
     run.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (auto: fp32 on CPU)")
@@ -109,11 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = scorer_commands.add_parser(
         "train", help="(re)train minilm-probe or minilm-finetuned on the train-split reference replies"
     )
-    train.add_argument("--scorer", choices=("minilm-probe", "minilm-finetuned"), default="minilm-probe")
+    train.add_argument("--scorer", choices=("minilm-probe", "minilm-finetuned"), default=DEFAULT_SCORER)
     train.add_argument("--seed", type=int, default=0)
     _add_data_dir(train)
     evaluate = scorer_commands.add_parser("eval", help="agreement with the paper's judge on the test split")
-    evaluate.add_argument("--scorer", default="minilm-probe")
+    evaluate.add_argument("--scorer", default=DEFAULT_SCORER)
     evaluate.add_argument("--json", dest="json_out", help="also write the report as JSON here")
     evaluate.add_argument(
         "--output-dir", help="write agreement.md/.json and confusion.png here (and stress.md/.json with --stress)"
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score the texts of any JSONL file")
     score.add_argument("input", help="JSONL with a text field and a target-emotion field")
     score.add_argument("-o", "--output", required=True, help="output JSONL")
-    score.add_argument("--scorer", default="minilm-probe")
+    score.add_argument("--scorer", default=DEFAULT_SCORER)
     score.add_argument("--text-field", default="text")
     score.add_argument("--target-field", default="target_emotion")
     _add_scorer_options(score)
@@ -399,7 +400,7 @@ def _add_discovery_commands(commands) -> None:
         "prompt-elicited reply the scorer accepts (the protocol's choice)",
     )
     directions.add_argument("--output-dir", help="artifact dir (default: the cache, keyed by model and inputs)")
-    directions.add_argument("--scorer", default="minilm-probe", help="scorer for --accept scorer")
+    directions.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer for --accept scorer")
     directions.add_argument("--batch-size", type=int, default=16)
     directions.add_argument("--dtype", default="auto")
     directions.add_argument("--device", default="auto")
@@ -420,7 +421,7 @@ def _add_discovery_commands(commands) -> None:
     circuit.add_argument(
         "--rows-per-pass", type=int, default=128, help="prompt copies per batched forward pass (128; more on a GPU)"
     )
-    circuit.add_argument("--scorer", default="minilm-probe", help="scorer for --accept scorer")
+    circuit.add_argument("--scorer", default=DEFAULT_SCORER, help="scorer for --accept scorer")
     circuit.add_argument("--batch-size", type=int, default=16)
     circuit.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16, float16")
     circuit.add_argument("--device", default="auto")
@@ -438,7 +439,7 @@ def _add_tune_command(commands) -> None:
     tune.add_argument("--model", default="smollm2-135m")
     tune.add_argument("--limit", type=int, help="only the first N dev rows, themes interleaved")
     tune.add_argument("--batch-size", type=int, default=16)
-    tune.add_argument("--scorer", default="minilm-probe")
+    tune.add_argument("--scorer", default=DEFAULT_SCORER)
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--seed", type=int, default=1234)
     tune.add_argument("--dtype", default="auto")

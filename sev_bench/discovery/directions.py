@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import __version__, prompts
 from ..atomic import write_json_atomic
+from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, VALENCES
@@ -408,7 +409,7 @@ def discover_for_model(
     accept: str = "all",
     limit: int | None = None,
     output_dir: str | None = None,
-    scorer_name: str = "minilm-probe",
+    scorer_name: str = DEFAULT_SCORER,
     scorer_options: dict | None = None,
     data_dir: str | None = None,
     batch_size: int = 16,

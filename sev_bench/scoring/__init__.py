@@ -6,6 +6,6 @@ through the entry-point group `sev_bench.scorers` (a `Scorer` subclass with a cl
 """
 
 from . import hf_classifier, judge, minilm_finetuned, minilm_probe  # noqa: F401  (registers the built-ins)
-from .base import SCORERS, Scorer, load_scorer
+from .base import DEFAULT_SCORER, SCORERS, Scorer, load_scorer
 
-__all__ = ["SCORERS", "Scorer", "load_scorer"]
+__all__ = ["DEFAULT_SCORER", "SCORERS", "Scorer", "load_scorer"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from ..data import sha256_of
+from ..defaults import DEFAULT_SCORER  # noqa: F401  (re-exported by sev_bench.scoring)
 from ..errors import UserError
 from ..prompts import EMOTIONS
 from ..registry import Registry

@@ -6,7 +6,7 @@
   `prompting`) split into `system` (the task's `description`) and `user` (`doc_to_text`). With
   `--apply_chat_template`, lm-eval sends exactly [system, user] through the tokenizer's chat template with
   the generation prompt, which is the prompt sev-bench's HF backend renders.
-- `process_results`: scores the reply with a sev-bench scorer (default `minilm-probe`; choose another with
+- `process_results`: scores the reply with a sev-bench scorer (default: sev-bench's default scorer; choose another with
   `--metadata '{"scorer": "NAME"}'`); `acc` is 1 when the scorer's argmax is the target emotion.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from functools import cache
 
-DEFAULT_SCORER = "minilm-probe"
+from sev_bench.defaults import DEFAULT_SCORER
 
 
 def load_docs(
