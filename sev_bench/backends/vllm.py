@@ -51,12 +51,12 @@ def require_vllm() -> None:
 
 def resolve_model_dir(spec: str) -> tuple[str, str, str]:
     """What vLLM loads for `spec`: (a local HF dir or hub id, source, revision), as `load_model` resolves it.
-    GGUF files (and the `smollm2-135m` alias) become their converted dir in the cache; tiny random models are
+    GGUF files (and the GGUF aliases) become their converted dir in the cache; tiny random models are
     saved once into the cache."""
     from .. import models
 
-    if spec == "smollm2-135m":
-        local_dir, digest = models.convert_gguf(models.smollm2_gguf_path())
+    if spec in models.GGUF_ALIASES:
+        local_dir, digest = models.convert_gguf(models.GGUF_ALIASES[spec]())
         return str(local_dir), "alias", f"gguf-sha256:{digest}"
     if spec.startswith("tiny-random-"):
         family = spec.removeprefix("tiny-random-")
