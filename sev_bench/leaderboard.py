@@ -416,6 +416,9 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
   shard that finished last).
 - A scorer retrained on another machine can differ in the last bits of its weights (and so in sha256);
   compare runs made with the same scorer sha256 (`sev-bench compare` warns when they differ).
+- A run whose `results.json` has a `rescore` block was scored again with `sev-bench rescore` after it
+  was generated (its replies and fluency records unchanged); the block names the original scorer and its
+  overall accuracy.
 - `ci/` is not part of the board: it holds the baseline of the project's CI accuracy-regression check
   (`sev-bench check`), a small subset of the test split (see `ci/README.md`). `plots/` is written by the
   build.
