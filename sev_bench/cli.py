@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     rescore = commands.add_parser("rescore", help="score a finished run's saved replies again with another scorer")
     rescore.add_argument("run_dir", help="a finished run's output dir")
     rescore.add_argument("--scorer", required=True, help="the scorer to apply (see `sev-bench scorers`)")
-    rescore.add_argument("--output-dir", help="where the rescored run goes (default: RUN_DIR/rescored/<scorer>)")
+    rescore.add_argument("--output-dir", help="where the rescored run goes (default: RUN_DIR-<scorer>)")
     rescore.add_argument("--no-progress", action="store_true")
     _add_scorer_options(rescore)
     _add_data_dir(rescore)

@@ -1,7 +1,7 @@
 """`sev-bench rescore RUN_DIR --scorer NAME`: score a finished run's saved replies again, without
 generating anything.
 
-The result is a run directory of its own (default: `RUN_DIR/rescored/<scorer id>`) that the leaderboard,
+The result is a run directory of its own (default: `RUN_DIR-<scorer id>`, beside the original) that the leaderboard,
 `compare` and `check` read like any other: the same replies and fluency records with the new scorer's
 `predicted_emotion`, `probs` and `correct`; `results.json` with the new scorer in `spec.scorer`, metrics
 recomputed, and a `rescore` block naming the original scorer, its overall accuracy and the sha256 of the
@@ -58,7 +58,7 @@ def rescore(
     original_sha256 = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
     n = original["spec"]["dataset"]["n"]
     samples = read_samples(run_dir, n)
-    out = Path(output_dir) if output_dir else run_dir / "rescored" / scorer.id.replace("/", "_")
+    out = Path(output_dir) if output_dir else run_dir.with_name(f"{run_dir.name}-{scorer.id.replace('/', '_')}")
     if out.resolve() == run_dir.resolve():
         raise UserError("--output-dir must differ from the run dir: rescore never overwrites the original")
 

@@ -72,6 +72,8 @@ def test_rescore_writes_a_valid_run_that_records_both_scorers(finished, tmp_path
     validate_run(out)  # the leaderboard's checks: schema, n, metrics recomputed from the samples
     with pytest.raises(UserError, match="already holds results"):
         rescore(run_dir, AlwaysAnger(), out, progress=False)
+    _, default_out = rescore(run_dir, AlwaysAnger(), progress=False)
+    assert default_out == run_dir.with_name(f"{run_dir.name}-test-always-anger")  # beside, not inside
 
 
 def test_a_scorer_that_fails_on_a_reply_leaves_no_results(finished, tmp_path):
