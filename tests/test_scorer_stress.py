@@ -61,6 +61,10 @@ def test_run_replies_split_by_the_fluency_gate(tmp_path, sev_data_dir):
     assert neutral["hit_rate"] is None and abs(sum(neutral["predicted_share"].values()) - 1) < 1e-3
     table = format_stress(report)
     assert "| run:steered (non-fluent) | 1 | 100.0 |" in table
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    (old_run / "samples.jsonl").write_text(json.dumps({"completion": "ok", "target_emotion": "fear"}) + "\n")
+    assert len(build_stress_sets(sev_data_dir, runs=[old_run], per_set=12)["run:old (no fluency records)"]) == 1
     with pytest.raises(UserError, match="no samples.jsonl"):
         build_stress_sets(sev_data_dir, runs=[tmp_path / "missing"])
 

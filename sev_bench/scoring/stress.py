@@ -147,7 +147,10 @@ def build_stress_sets(
     for run_dir in map(Path, runs):
         replies = _run_replies(run_dir)
         name = run_dir.name
-        for flag, label in ((True, "fluent"), (False, "non-fluent")):
+        groups = ((True, "fluent"), (False, "non-fluent"))
+        if all(r["fluent"] is None for r in replies):  # a run made before the fluency guard
+            groups = ((None, "no fluency records"),)
+        for flag, label in groups:
             chosen = [r for r in replies if r["fluent"] is flag]
             chosen = rng.sample(chosen, min(per_set, len(chosen)))
             sets[f"run:{name} ({label})"] = [{"text": r["text"], "target": r["target"]} for r in chosen]
