@@ -84,6 +84,7 @@ def test_shard_flag_under_a_launch_is_a_user_error(tmp_path):
     launched = _torchrun(tmp_path / "ranks", "--shard", "0/2")
     assert launched.returncode != 0
     assert "--shard cannot be combined with a 2-process launch" in launched.stderr
-    # each rank says one line; the only traceback is torchrun's own report of a failed child
-    assert launched.stderr.count("sev-bench: error: --shard cannot") == 2
+    # A rank says one line (torchrun may stop the other before it prints its own); the only traceback is
+    # torchrun's report of the failed child.
+    assert launched.stderr.count("sev-bench: error: --shard cannot") >= 1
     assert "sev_bench/" not in launched.stderr
