@@ -112,6 +112,34 @@ class Scorer(ABC):
         write_text_atomic(path, json.dumps({self.sha256: figures}, indent=2, sort_keys=True) + "\n")
         return path
 
+    @classmethod
+    def load_trained(cls, path: Path, train, how: str, data_dir=None, verbose: bool = True):
+        """The scorer saved at `path` (via `cls.from_file` and `stale_reason()`), trained first with
+        `train(data_dir, path)` when missing or stale; a freshly trained scorer has its agreement with
+        the paper's judge measured at once, so every result made with it records the figure."""
+        import sys
+
+        if path.exists():
+            scorer = cls.from_file(path)
+            stale = scorer.stale_reason()
+            if stale is None:
+                return scorer
+            why = f"at {path} was trained with {stale}"
+        else:
+            why = "not trained yet"
+        if verbose:
+            print(f"scorer {cls.name} {why}; {how} on the train-split reference generations ...", file=sys.stderr)
+        train(data_dir, path)
+        scorer = cls.from_file(path)
+        from .agreement import evaluate_agreement
+
+        if verbose:
+            print(
+                f"scorer {cls.name}: measuring agreement with the paper's judge on the test split ...", file=sys.stderr
+            )
+        evaluate_agreement(scorer, data_dir=data_dir, store=True)
+        return scorer
+
     def check_failures(self) -> None:
         """Raise a one-line `UserError` when too many texts could not be scored (call it after
         scoring a run or file). Scorers that cannot fail on a text (all local ones) do nothing."""

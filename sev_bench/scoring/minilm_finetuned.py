@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -257,30 +256,13 @@ class MiniLMFinetuned(Scorer):
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMFinetuned:
-        path = default_path()
-        if path.exists():
-            scorer = cls.from_file(path)
-            stale = scorer.stale_reason()
-            if stale is None:
-                return scorer
-            why = f"at {path} was trained with {stale}"
-        else:
-            why = "not trained yet"
-        if verbose:
-            print(
-                f"scorer {NAME} {why}; fine-tuning it on the train-split reference generations "
-                "(5-15 minutes on a CPU, once) ...",
-                file=sys.stderr,
-                flush=True,
-            )
-        train_finetuned(data_dir=data_dir, out_path=path, progress=verbose)
-        scorer = cls.from_file(path)
-        from .agreement import evaluate_agreement
-
-        if verbose:
-            print(f"scorer {NAME}: measuring agreement with the paper's judge on the test split ...", file=sys.stderr)
-        evaluate_agreement(scorer, data_dir=data_dir, store=True)
-        return scorer
+        return cls.load_trained(
+            default_path(),
+            lambda data, out: train_finetuned(data_dir=data, out_path=out, progress=verbose),
+            "fine-tuning it (5-15 minutes on a CPU, once)",
+            data_dir,
+            verbose,
+        )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch

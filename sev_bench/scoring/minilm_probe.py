@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -279,32 +278,13 @@ class MiniLMProbe(Scorer):
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMProbe:
-        path = default_path()
-        if path.exists():
-            probe = cls.from_file(path)
-            stale = probe.stale_reason()
-            if stale is None:
-                return probe
-            why = f"at {path} was trained with {stale}"
-        else:
-            why = "not trained yet"
-        if verbose:
-            print(
-                f"scorer {NAME} {why}; training it on the train-split reference generations "
-                "(a minute or two on a CPU) ...",
-                file=sys.stderr,
-                flush=True,
-            )
-        train_probe(data_dir=data_dir, out_path=path)
-        probe = cls.from_file(path)
-        # Measure agreement with the paper's judge at once, so every result made with these weights
-        # records it (`info()["agreement"]`).
-        from .agreement import evaluate_agreement
-
-        if verbose:
-            print(f"scorer {NAME}: measuring agreement with the paper's judge on the test split ...", file=sys.stderr)
-        evaluate_agreement(probe, data_dir=data_dir, store=True)
-        return probe
+        return cls.load_trained(
+            default_path(),
+            lambda data, out: train_probe(data_dir=data, out_path=out),
+            "training it (a minute or two on a CPU)",
+            data_dir,
+            verbose,
+        )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)
