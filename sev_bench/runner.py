@@ -420,14 +420,9 @@ def _artifact_info(artifact) -> dict | None:
     `$SEV_BENCH_CACHE`, so result files do not carry one machine's paths."""
     if artifact is None:
         return None
-    from .paths import cache_dir
+    from .paths import shown_path
 
-    path = Path(artifact.path).resolve()
-    try:
-        shown = "$SEV_BENCH_CACHE/" + path.relative_to(cache_dir().resolve()).as_posix()
-    except ValueError:
-        shown = str(artifact.path)
-    return {"path": shown, "sha256": artifact.sha256}
+    return {"path": shown_path(artifact.path), "sha256": artifact.sha256}
 
 
 def _template_info(generator) -> dict:

@@ -510,6 +510,10 @@ def test_run_discovers_first_and_scale_zero_gives_exactly_the_replies_of_none(tm
     assert main([*command, "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert artifact["path"].startswith("$SEV_BENCH_CACHE/circuits/")  # no machine path in results
+    circuit_dir = tmp_path / "cache" / artifact["path"].removeprefix("$SEV_BENCH_CACHE/")
+    metadata = json.loads((circuit_dir / "metadata.json").read_text())
+    assert metadata["directions"]["path"].startswith("$SEV_BENCH_CACHE/directions/")  # nor in the artifact
+    assert str(tmp_path) not in (circuit_dir / "report.md").read_text()
     assert "reused" in out and artifact["path"].rsplit("/", 1)[1] in out and "wall time per stage" in out
 
 

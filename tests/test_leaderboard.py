@@ -182,6 +182,9 @@ def test_published_runs_pass_validation():
     for name in ("none-test", "prompting-test"):
         entry = validate_run(root / "smollm2-135m" / name, root)
         assert entry.samples_checked and entry.accuracy["overall"]["n"] == 2880 and not entry.own_decoding
+    # every committed run, whatever its model or subset, is accepted and checked against its samples
+    for run_dir in find_run_dirs(root):
+        assert validate_run(run_dir, root).samples_checked, run_dir
 
 
 def test_leaderboard_build_missing_dir_exits_2(capsys):

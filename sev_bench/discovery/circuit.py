@@ -57,7 +57,7 @@ from .. import __version__, prompts
 from ..atomic import write_json_atomic, write_text_atomic
 from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
-from ..paths import cache_dir
+from ..paths import cache_dir, shown_path
 from ..prompts import EMOTIONS, VALENCES
 from .directions import (
     ACCEPT_MODES,
@@ -1165,7 +1165,7 @@ def discover_circuit(
         "dataset_sha256": dataset_sha256,
         "scorer": scorer.info() if scorer is not None and config.accept == "scorer" else None,
         "scorer_sha256": key["scorer_sha256"],
-        "directions": {"path": str(directions.path), "sha256": directions.sha256},
+        "directions": {"path": shown_path(directions.path), "sha256": directions.sha256},
         "config": asdict(config),
         "integration": config.integration(),
         "emotions": list(EMOTIONS),
