@@ -359,13 +359,15 @@ def group_slug(group: tuple[str, str]) -> str:
 
 
 def grouped(entries: list[Entry]) -> list[tuple[tuple[str, str], list[Entry]]]:
-    """Entries by (model, selection), groups sorted by name, entries by overall accuracy (best first)."""
+    """Entries by (model, selection): full-split groups first, then subsets, each sorted by name; entries by
+    overall accuracy (best first)."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         groups.setdefault(entry.group, []).append(entry)
+    full_split = f"full {BENCHMARK_SPLIT} split"
     return [
         (key, sorted(groups[key], key=lambda e: (-e.accuracy["overall"]["acc"], e.method, e.path)))
-        for key in sorted(groups)
+        for key in sorted(groups, key=lambda group: (group[1] != full_split, group))
     ]
 
 

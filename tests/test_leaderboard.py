@@ -6,13 +6,14 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from synthetic_runs import make_samples, make_spec, read_run, results_for, write_run
 
 from sev_bench.cli import main
 from sev_bench.compare import compare, compare_markdown, mcnemar_exact, paired_bootstrap
-from sev_bench.leaderboard import build, collect, find_run_dirs, validate_run
+from sev_bench.leaderboard import build, collect, find_run_dirs, grouped, validate_run
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = str(REPO / "tests" / "fast_prompting.yaml")
@@ -185,6 +186,17 @@ def test_published_runs_pass_validation():
     # every committed run, whatever its model or subset, is accepted and checked against its samples
     for run_dir in find_run_dirs(root):
         assert validate_run(run_dir, root).samples_checked, run_dir
+
+
+def test_full_split_groups_come_before_subset_groups():
+    def entry(model, selection, acc):
+        return SimpleNamespace(group=(model, selection), accuracy={"overall": {"acc": acc}}, method="m", path=model)
+
+    subset = "test subset: first 144 rows, themes interleaved"
+    entries = [entry("a-model", subset, 0.5), entry("z-model", "full test split", 0.1)]
+    entries.append(entry("a-model", "full test split", 0.2))
+    order = [key for key, _ in grouped(entries)]
+    assert order == [("a-model", "full test split"), ("z-model", "full test split"), ("a-model", subset)]
 
 
 def test_leaderboard_build_missing_dir_exits_2(capsys):
