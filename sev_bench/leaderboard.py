@@ -28,6 +28,7 @@ from .prompts import EMOTIONS, VALENCES
 from .results import SCHEMA_VERSION
 
 BENCHMARK_SPLIT = "test"
+FULL_SPLIT = f"full {BENCHMARK_SPLIT} split"  # the selection label of a run on the whole split
 BENCHMARK_DECODING = {"do_sample": False, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
 # Top-level folders of the leaderboard dir that hold no entries: `ci/` is the CI regression baseline (a
 # small subset, not a benchmark result), `plots/` is written by the build itself.
@@ -355,7 +356,7 @@ def _slug(text: str) -> str:
 
 def group_slug(group: tuple[str, str]) -> str:
     model, selection = group
-    return _slug(model if selection == f"full {BENCHMARK_SPLIT} split" else f"{model}__{selection}")
+    return _slug(model if selection == FULL_SPLIT else f"{model}__{selection}")
 
 
 def grouped(entries: list[Entry]) -> list[tuple[tuple[str, str], list[Entry]]]:
@@ -364,10 +365,9 @@ def grouped(entries: list[Entry]) -> list[tuple[tuple[str, str], list[Entry]]]:
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         groups.setdefault(entry.group, []).append(entry)
-    full_split = f"full {BENCHMARK_SPLIT} split"
     return [
         (key, sorted(groups[key], key=lambda e: (-e.accuracy["overall"]["acc"], e.method, e.path)))
-        for key in sorted(groups, key=lambda group: (group[1] != full_split, group))
+        for key in sorted(groups, key=lambda group: (group[1] != FULL_SPLIT, group))
     ]
 
 
