@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(info)
     export = data_commands.add_parser("export", help="save_to_disk + parquet + dataset card, for push_to_hub")
     export.add_argument("dir", help="output folder")
+    export.add_argument(
+        "--with-scorer",
+        action="store_true",
+        help=f"also write the default scorer ({DEFAULT_SCORER}) into DIR/scorer, the two cards linking each other",
+    )
     _add_data_dir(export)
 
     commands.add_parser("methods", help="list registered methods and method configs")
@@ -108,29 +113,45 @@ def build_parser() -> argparse.ArgumentParser:
     scorer = commands.add_parser("scorer", help="train or evaluate an emotion scorer")
     scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True, parser_class=_Parser)
     train = scorer_commands.add_parser(
-        "train", help="(re)train minilm-probe or minilm-finetuned on the train-split reference replies"
+        "train", help="(re)train a built-in scorer (minilm-emotions, minilm-finetuned, minilm-probe) and measure it"
     )
-    train.add_argument("--scorer", choices=("minilm-probe", "minilm-finetuned"), default=DEFAULT_SCORER)
+    train.add_argument("--scorer", default=DEFAULT_SCORER, help="minilm-emotions, minilm-finetuned or minilm-probe")
     train.add_argument("--seed", type=int, default=0)
     _add_data_dir(train)
-    evaluate = scorer_commands.add_parser("eval", help="agreement with the paper's judge on the test split")
+    evaluate = scorer_commands.add_parser(
+        "eval",
+        help="agreement with the paper's judge (test-split reference replies), GoEmotions test, plain statements, "
+        "and stress sets (dev split)",
+    )
     evaluate.add_argument("--scorer", default=DEFAULT_SCORER)
     evaluate.add_argument("--json", dest="json_out", help="also write the report as JSON here")
     evaluate.add_argument(
-        "--output-dir", help="write agreement.md/.json and confusion.png here (and stress.md/.json with --stress)"
+        "--output-dir", help="write report.md, one JSON per measurement and the confusion PNGs here"
     )
     evaluate.add_argument(
-        "--stress", action="store_true", help="also score the stress sets (truncated, repeated, neutral, off-topic)"
+        "--no-heldout", action="store_true", help="skip the GoEmotions test split and the plain statements"
+    )
+    evaluate.add_argument(
+        "--stress",
+        action="store_true",
+        help="also score the stress sets (dev split: control, truncated, repeated, neutral, off-topic)",
     )
     evaluate.add_argument(
         "--stress-run",
         action="append",
         default=[],
         metavar="RUN_DIR",
-        help="a run's replies as a stress set, split by the fluency gate (repeatable; implies --stress)",
+        help="a dev-split run's replies as a stress set, split by the fluency gate (repeatable; implies --stress)",
     )
     _add_scorer_options(evaluate)
     _add_data_dir(evaluate)
+
+    export_scorer = scorer_commands.add_parser(
+        "export", help="write the scorer as a standard Hugging Face text-classification dir with a model card"
+    )
+    export_scorer.add_argument("dir", help="output folder (new or empty)")
+    export_scorer.add_argument("--scorer", default=DEFAULT_SCORER)
+    _add_data_dir(export_scorer)
 
     score = commands.add_parser("score", help="score the texts of any JSONL file")
     score.add_argument("input", help="JSONL with a text field and a target-emotion field")
@@ -207,8 +228,19 @@ def cmd_data(args) -> None:
     dataset = load_sev(args.data_dir)
     if args.data_command == "export":
         out = Path(args.dir)
-        export(dataset, out, dataset_fingerprint(args.data_dir))
+        scorer = None
+        if args.with_scorer:
+            from .scoring import load_scorer
+            from .scoring.export import SCORER_SUBDIR, export_scorer
+
+            if (out / SCORER_SUBDIR).exists():  # before anything is written
+                raise UserError(f"{out / SCORER_SUBDIR} exists; choose a new folder for the export")
+            scorer = load_scorer(DEFAULT_SCORER, data_dir=args.data_dir)
+        export(dataset, out, dataset_fingerprint(args.data_dir), scorer=scorer)
         print(f"wrote {out}/hf_dataset (save_to_disk), {out}/data/*.parquet and {out}/README.md")
+        if scorer is not None:
+            export_scorer(scorer, out / SCORER_SUBDIR, dataset_link="../README.md")
+            print(f"wrote the scorer {scorer.id} to {out / SCORER_SUBDIR} (a text-classification model dir)")
         return
     for split, counts in count_table(dataset).items():
         print(f"{split}: {counts['rows']['all']} rows, {counts['rows']['skeletons']} skeletons")
@@ -254,56 +286,71 @@ def cmd_scorers(args) -> None:
 
 
 def cmd_scorer(args) -> None:
+    from .scoring import load_scorer
+    from .scoring.evaluation import evaluate_scorer, format_report
+
+    if args.scorer_command == "export":
+        from .scoring import SCORERS
+        from .scoring.export import export_scorer
+
+        SCORERS.get(args.scorer)  # an unknown name fails before anything loads
+        if Path(args.dir).exists() and any(Path(args.dir).iterdir()):
+            raise UserError(f"{args.dir} exists and is not empty; choose a new folder for the export")
+        out = export_scorer(load_scorer(args.scorer, data_dir=args.data_dir), args.dir)
+        print(f"wrote {out}: load it with transformers.pipeline('text-classification', model='{out}', top_k=None)")
+        return
     if args.scorer_command == "train":
-        from .scoring.agreement import evaluate_agreement, format_agreement
+        from .scoring import SCORERS
 
-        if args.scorer == "minilm-finetuned":
-            from .scoring.minilm_finetuned import MiniLMFinetuned, train_finetuned
-
-            path = train_finetuned(data_dir=args.data_dir, seed=args.seed)
-            trained = MiniLMFinetuned.from_file(path)
-        else:
-            from .scoring.minilm_probe import MiniLMProbe, train_probe
-
-            path = train_probe(data_dir=args.data_dir, seed=args.seed)
-            trained = MiniLMProbe.from_file(path)
+        trainers = _scorer_trainers()
+        if args.scorer not in trainers:
+            raise UserError(f"--scorer {args.scorer} is not trained by sev-bench; trainable: {', '.join(trainers)}")
+        path = trainers[args.scorer](args)
+        trained = SCORERS.get(args.scorer).load(data_dir=args.data_dir)
         print(f"trained {args.scorer}: {path}")
-        print(format_agreement(evaluate_agreement(trained, data_dir=args.data_dir)))
+        print(format_report(evaluate_scorer(trained, data_dir=args.data_dir)))
         return
     from .atomic import write_json_atomic, write_text_atomic
-    from .scoring import load_scorer
-    from .scoring.agreement import evaluate_agreement, format_agreement
 
     for run_dir in args.stress_run:  # before the scorer loads: a typo fails at once
         if not (Path(run_dir) / "samples.jsonl").is_file():
             raise UserError(f"--stress-run {run_dir}: no samples.jsonl there (a `sev-bench run` output dir)")
     scorer = load_scorer(args.scorer, data_dir=args.data_dir, options=_scorer_options(args))
-    report = evaluate_agreement(scorer, data_dir=args.data_dir)
-    agreement_text = format_agreement(report)
-    print(agreement_text)
+    report = evaluate_scorer(
+        scorer, data_dir=args.data_dir, heldout=not args.no_heldout, stress=args.stress, stress_runs=args.stress_run
+    )
+    text = format_report(report)
+    print(text)
     if args.json_out:
         write_json_atomic(Path(args.json_out), report)
-    out = Path(args.output_dir) if args.output_dir else None
-    if out is not None:
+    if args.output_dir:
         from .plots import confusion_figure, write_png
 
+        out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "agreement.json", report)
-        write_text_atomic(out / "agreement.md", agreement_text)
-        title = f"{scorer.id}: judge-accepted test replies (n={report['judge_accepted']['n']:,})"
-        write_png(confusion_figure(report["judge_accepted"]["confusion"], title), out / "confusion.png")
-    if args.stress or args.stress_run:
-        from .scoring.stress import build_stress_sets, evaluate_stress, format_stress
-
-        stress = evaluate_stress(scorer, build_stress_sets(args.data_dir, runs=args.stress_run))
-        stress_text = format_stress(stress)
-        print(stress_text)
-        if out is not None:
-            write_json_atomic(out / "stress.json", stress)
-            write_text_atomic(out / "stress.md", stress_text)
-    if out is not None:
+        for name, part in report.items():
+            write_json_atomic(out / f"{name}.json", part)
+        write_text_atomic(out / "report.md", f"# Scorer {scorer.id} (sha256 {scorer.sha256})\n\n" + text)
+        accepted = report["agreement"]["judge_accepted"]
+        title = f"{scorer.id}: judge-accepted test replies (n={accepted['n']:,})"
+        write_png(confusion_figure(accepted["confusion"], title), out / "confusion.png")
+        if report.get("goemotions"):
+            go = report["goemotions"]
+            title = f"{scorer.id}: GoEmotions {go['split']}, Ekman grouping (n={go['n']:,})"
+            write_png(confusion_figure(go["confusion"], title), out / "confusion-goemotions.png")
         print(f"written to {out}")
     scorer.check_failures()
+
+
+def _scorer_trainers() -> dict:
+    """The scorers sev-bench trains itself: name -> train(args) returning the saved path."""
+    from .scoring import emotion_classifier, minilm_finetuned, minilm_probe
+
+    return {
+        emotion_classifier.NAME: lambda args: emotion_classifier.train(data_dir=args.data_dir, seed=args.seed),
+        minilm_finetuned.NAME: lambda args: minilm_finetuned.train_finetuned(data_dir=args.data_dir, seed=args.seed),
+        minilm_probe.NAME: lambda args: minilm_probe.train_probe(data_dir=args.data_dir, seed=args.seed),
+    }
 
 
 def cmd_score(args) -> None:

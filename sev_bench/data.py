@@ -115,8 +115,9 @@ def data_root(data_dir: str | Path | None = None) -> tuple[Path, bool]:
     return cache_dir() / "data" / PINNED_COMMIT, True
 
 
-def _download(pinned: PinnedFile, target: Path) -> None:
-    url = base_url() + pinned.remote
+def download_verified(url: str, target: Path, sha256: str, offline_hint: str) -> None:
+    """Download `url` to `target` atomically, refusing a file whose sha256 is not `sha256`; a failure is
+    a one-line `UserError` ending with `offline_hint` (how to point sev-bench at a local copy)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".download-", delete=False)
     try:
@@ -124,17 +125,23 @@ def _download(pinned: PinnedFile, target: Path) -> None:
             while block := response.read(1 << 20):
                 tmp.write(block)
         got = sha256_of(Path(tmp.name))
-        if got != pinned.sha256:
-            raise UserError(f"downloaded {url} has sha256 {got}, expected {pinned.sha256}; not used")
+        if got != sha256:
+            raise UserError(f"downloaded {url} has sha256 {got}, expected {sha256}; not used")
         os.replace(tmp.name, target)
     except (urllib.error.URLError, OSError) as exc:
-        raise UserError(
-            f"could not download {url} ({exc}); pass --data-dir DIR or set SEV_BENCH_DATA_DIR to a folder "
-            f"with {pinned.local}"
-        ) from None
+        raise UserError(f"could not download {url} ({exc}); {offline_hint}") from None
     finally:
         if os.path.exists(tmp.name):
             os.unlink(tmp.name)
+
+
+def _download(pinned: PinnedFile, target: Path) -> None:
+    download_verified(
+        base_url() + pinned.remote,
+        target,
+        pinned.sha256,
+        f"pass --data-dir DIR or set SEV_BENCH_DATA_DIR to a folder with {pinned.local}",
+    )
 
 
 def fetch(pinned: PinnedFile, data_dir: str | Path | None = None, verify: bool = True) -> Path:
@@ -363,8 +370,25 @@ events) expands to 3 valences x 6 emotions = 18 rows.
 """
 
 
-def export(dataset_dict, out_dir: Path, fingerprint: dict[str, str]) -> None:
-    """`save_to_disk` + parquet + a dataset card, so `out_dir` can go to `push_to_hub` as it is."""
+SCORING_SECTION = """
+## Scoring replies
+
+sev-bench scores every reply with the emotion classifier in [`scorer/`](scorer/README.md) ({scorer_id},
+sha256 `{scorer_sha256}`): a standard Hugging Face text-classification model over the six emotions and
+`none`. A reply is a hit when the classifier's top label equals the row's `target_emotion`; `none` (no
+emotion) never is. To score replies the same way outside sev-bench:
+
+```python
+from transformers import pipeline
+classify = pipeline("text-classification", model="scorer", top_k=None)
+hit = max(classify(reply)[0], key=lambda s: s["score"])["label"] == target_emotion
+```
+"""
+
+
+def export(dataset_dict, out_dir: Path, fingerprint: dict[str, str], scorer=None) -> None:
+    """`save_to_disk` + parquet + a dataset card, so `out_dir` can go to `push_to_hub` as it is. With
+    `scorer`, the card says how replies are scored and links the scorer exported beside it (`scorer/`)."""
     from . import __version__
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -388,6 +412,8 @@ def export(dataset_dict, out_dir: Path, fingerprint: dict[str, str]) -> None:
         ),
         file_rows="\n".join(f"- `{SEV_FILES[name].local}`: `{sha}`" for name, sha in fingerprint.items()),
     )
+    if scorer is not None:
+        card += SCORING_SECTION.format(scorer_id=scorer.id, scorer_sha256=scorer.sha256)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
 
 

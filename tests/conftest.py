@@ -1,4 +1,4 @@
-"""Shared fixtures: the SEV folder of the workspace, an isolated cache, a cheap keyword scorer."""
+"""Shared fixtures: the SEV and GoEmotions folders of the workspace, an isolated cache, a cheap keyword scorer."""
 
 from __future__ import annotations
 
@@ -39,11 +39,18 @@ def sev_data_dir() -> Path:
     return data.data_root()[0]
 
 
+def goemotions_dir() -> Path:
+    chosen = os.environ.get("SEV_BENCH_GOEMOTIONS_DIR")
+    return Path(chosen) if chosen else REPO.parent / "shared" / "goemotions"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, sev_data_dir, tmp_path_factory):
     """Every test reads SEV from the workspace copy. The cache (converted models, trained scorers) is
     $SEV_BENCH_CACHE when CI sets it, else one temporary dir for the whole session."""
     monkeypatch.setenv("SEV_BENCH_DATA_DIR", str(sev_data_dir))
+    if (goemotions_dir() / "train.tsv").is_file():  # else GoEmotions downloads into the cache, as for a user
+        monkeypatch.setenv("SEV_BENCH_GOEMOTIONS_DIR", str(goemotions_dir()))
     if "SEV_BENCH_CACHE" not in os.environ:
         monkeypatch.setenv("SEV_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("SEV_BENCH_BASE_URL", raising=False)

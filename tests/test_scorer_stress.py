@@ -52,6 +52,7 @@ def test_run_replies_split_by_the_fluency_gate(tmp_path, sev_data_dir):
         {"completion": "Well.", "target_emotion": "fear", "fluency": {"fluent": True}},
     ]
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (run_dir / "run.json").write_text(json.dumps({"method": "steering", "split": "dev"}))
     sets = build_stress_sets(sev_data_dir, runs=[run_dir], per_set=12)
     assert len(sets["run:steered (fluent)"]) == 2 and len(sets["run:steered (non-fluent)"]) == 1
     report = evaluate_stress(KeywordScorer(), sets)
@@ -64,9 +65,28 @@ def test_run_replies_split_by_the_fluency_gate(tmp_path, sev_data_dir):
     old_run = tmp_path / "old"
     old_run.mkdir()
     (old_run / "samples.jsonl").write_text(json.dumps({"completion": "ok", "target_emotion": "fear"}) + "\n")
+    (old_run / "run.json").write_text(json.dumps({"method": "none", "split": "dev"}))
     assert len(build_stress_sets(sev_data_dir, runs=[old_run], per_set=12)["run:old (no fluency records)"]) == 1
     with pytest.raises(UserError, match="no samples.jsonl"):
         build_stress_sets(sev_data_dir, runs=[tmp_path / "missing"])
+
+
+def test_stress_sets_never_touch_the_test_split(tmp_path, sev_data_dir):
+    from sev_bench import data
+
+    sets = build_stress_sets(sev_data_dir, per_set=600)
+    test_texts = {row["gen_text"] for row in data.load_reference("test", sev_data_dir)}
+    skeletons = data.load_skeletons(sev_data_dir)
+    test_texts |= {s["scenario"] for s in skeletons["test"]} | {s["event"]["neutral"] for s in skeletons["test"]}
+    dev_texts = {s["scenario"] for s in skeletons["dev"]} | {s["event"]["neutral"] for s in skeletons["dev"]}
+    assert not test_texts & {item["text"] for items in sets.values() for item in items}
+    assert {item["text"] for item in sets["neutral"]} <= dev_texts
+    test_run = tmp_path / "steering-test"
+    test_run.mkdir()
+    (test_run / "samples.jsonl").write_text(json.dumps({"completion": "ok", "target_emotion": "fear"}) + "\n")
+    (test_run / "run.json").write_text(json.dumps({"method": "steering", "split": "test"}))
+    with pytest.raises(UserError, match="dev-split runs only"):
+        build_stress_sets(sev_data_dir, runs=[test_run])
 
 
 def test_scorer_eval_writes_the_confusion_png_and_stress_report(tmp_path, capsys):
@@ -76,7 +96,7 @@ def test_scorer_eval_writes_the_confusion_png_and_stress_report(tmp_path, capsys
     report = json.loads((out / "agreement.json").read_text())
     matrix = report["judge_accepted"]["confusion"]["matrix"]
     assert sum(map(sum, matrix)) == report["judge_accepted"]["n"]
-    assert (out / "agreement.md").read_text().startswith("Scorer test-keywords")
+    assert "Scorer test-keywords" in (out / "report.md").read_text()
     stress = json.loads((out / "stress.json").read_text())
     assert set(stress["sets"]) == {"control", "truncated", "repeated", "neutral", "off-topic"}
     assert "Stress sets for scorer test-keywords" in capsys.readouterr().out

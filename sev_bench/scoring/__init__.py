@@ -5,7 +5,7 @@ through the entry-point group `sev_bench.scorers` (a `Scorer` subclass with a cl
 `load(data_dir=..., verbose=...)`, plus `options=...` if it takes scorer options).
 """
 
-from . import hf_classifier, judge, minilm_finetuned, minilm_probe  # noqa: F401  (registers the built-ins)
+from . import emotion_classifier, hf_classifier, judge, minilm_finetuned, minilm_probe  # noqa: F401  (registers the built-ins)
 from .base import DEFAULT_SCORER, SCORERS, Scorer, load_scorer
 
 __all__ = ["DEFAULT_SCORER", "SCORERS", "Scorer", "load_scorer"]

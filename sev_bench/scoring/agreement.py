@@ -16,6 +16,7 @@ from .. import data
 from ..metrics import cohen_kappa
 from ..prompts import EMOTIONS, VALENCES
 from .base import Scorer
+from .heldout import expected_calibration_error
 
 SPLIT = "test"
 SUMMARY_KEYS = (
@@ -74,6 +75,14 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
         return _cell([judge[i] for i in idx], [correct[i] for i in idx])
 
     accepted = [i for i in range(len(rows)) if judge[i]]
+    # Calibration and false-`none` on the judge-accepted replies (emotional by the judge's verdict).
+    top = [max(scores[kept[i]]["probs"].values()) if scores[kept[i]].get("probs") else None for i in accepted]
+    ece = (
+        expected_calibration_error(top, [correct[i] for i in accepted])
+        if accepted and all(t is not None for t in top)
+        else None
+    )
+    false_none = _rate(predicted[i] == "none" for i in accepted) if "none" in scorer.labels else None
     matrix = [[0] * len(scorer.labels) for _ in EMOTIONS]
     for i in accepted:
         matrix[EMOTIONS.index(targets[i])][scorer.labels.index(predicted[i])] += 1
@@ -102,6 +111,8 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
         "by_valence": {v: cell(lambda i, v=v: valences[i] == v) for v in VALENCES if any(x == v for x in valences)},
         "judge_accepted": {
             "n": len(accepted),
+            "ece": ece,
+            "false_none": false_none,
             "recall": recall,
             "precision": precision,
             "confusion": {
@@ -114,6 +125,7 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
     }
     if store:
         figures = {key: report["overall"][key] for key in SUMMARY_KEYS}
+        figures.update(ece_on_judge_accepted=ece, false_none_on_judge_accepted=false_none)
         figures.update(split=SPLIT, reference=data.REFERENCE_DIR, files_sha256=files)
         scorer.store_agreement(figures)
     return report
@@ -151,9 +163,14 @@ def format_agreement(report: dict) -> str:
 
     accepted = report["judge_accepted"]
     confusion = accepted["confusion"]
+    extra = ""
+    if accepted.get("ece") is not None:
+        extra += f"; expected calibration error {accepted['ece']:.3f}"
+    if accepted.get("false_none") is not None:
+        extra += f"; called `none` on {100 * accepted['false_none']:.1f}%"
     lines += [
         "",
-        f"Judge-accepted replies (n={accepted['n']:,}): rows = target emotion, columns = predicted",
+        f"Judge-accepted replies (n={accepted['n']:,}{extra}): rows = target emotion, columns = predicted",
         "",
         "| target | " + " | ".join(confusion["columns"]) + " | recall | precision |",
         "| --- | " + " | ".join("---:" for _ in confusion["columns"]) + " | ---: | ---: |",

@@ -113,14 +113,19 @@ class Scorer(ABC):
         return path
 
     @classmethod
-    def load_trained(cls, path: Path, train, how: str, data_dir=None, verbose: bool = True):
-        """The scorer saved at `path` (via `cls.from_file` and `stale_reason()`), trained first with
-        `train(data_dir, path)` when missing or stale; a freshly trained scorer has its agreement with
-        the paper's judge measured at once, so every result made with it records the figure."""
+    def load_trained(
+        cls, path: Path, train, how: str, data_dir=None, verbose: bool = True, loader=None, present=None
+    ):
+        """The scorer saved at `path` (via `loader`, default `cls.from_file`, and `stale_reason()`), trained
+        first with `train(data_dir, path)` when missing (`present(path)` false; default: `path` exists) or
+        stale; a freshly trained scorer has its agreement with the paper's judge measured at once, so every
+        result made with it records the figure."""
         import sys
 
-        if path.exists():
-            scorer = cls.from_file(path)
+        loader = loader or cls.from_file
+        present = present or Path.exists
+        if present(path):
+            scorer = loader(path)
             stale = scorer.stale_reason()
             if stale is None:
                 return scorer
@@ -130,14 +135,17 @@ class Scorer(ABC):
         if verbose:
             print(f"scorer {cls.name} {why}; {how} on the train-split reference generations ...", file=sys.stderr)
         train(data_dir, path)
-        scorer = cls.from_file(path)
-        from .agreement import evaluate_agreement
+        scorer = loader(path)
+        from .evaluation import evaluate_scorer
 
         if verbose:
             print(
-                f"scorer {cls.name}: measuring agreement with the paper's judge on the test split ...", file=sys.stderr
+                f"scorer {cls.name}: measuring agreement with the paper's judge on the test split"
+                + (" and the held-out sets (GoEmotions test, plain statements)" if "none" in cls.labels else "")
+                + " ...",
+                file=sys.stderr,
             )
-        evaluate_agreement(scorer, data_dir=data_dir, store=True)
+        evaluate_scorer(scorer, data_dir=data_dir, store=True)
         return scorer
 
     def check_failures(self) -> None:
@@ -146,13 +154,20 @@ class Scorer(ABC):
         return None
 
     def info(self) -> dict:
-        return {
+        """Identity and the figures measured for these weights: `agreement` with the paper's judge and,
+        where measured, `heldout` (GoEmotions test, plain statements; see `evaluation.py`)."""
+        stored = dict(self.stored_agreement() or {})
+        heldout = stored.pop("heldout", None)
+        info = {
             "id": self.id,
             "description": self.description,
             "sha256": self.sha256,
             "labels": list(self.labels),
-            "agreement": self.stored_agreement(),
+            "agreement": stored or None,
         }
+        if heldout:
+            info["heldout"] = heldout
+        return info
 
 
 SCORERS: Registry[Scorer] = Registry("scorer", "sev_bench.scorers", Scorer)

@@ -1,20 +1,22 @@
 """How a scorer behaves on text unlike its training data: the stress sets of `sev-bench scorer eval --stress`.
 
 Steered and circuit-modulated replies are odd by nature (loops, fragments, word salad, flat text), and the
-benchmark must not count them as emotion just because the scorer has to pick one of six labels. Sets, all
-from the test split (the scorer never trained on them), deterministic for a seed:
+benchmark must not count them as emotion just because the scorer has to pick one of six labels. Every set
+comes from the **dev** split (the skeletons held out of scorer training), never from the test split, which
+only measures; deterministic for a seed:
 
-- `control`: judge-accepted reference replies (up to `per_set`, the same number per target emotion): the
-  scorer's hit rate on ordinary text, the yardstick for the next two sets.
+- `control`: the dev skeletons' judge-accepted reference replies (up to `per_set`, the same number per
+  target emotion): the scorer's hit rate on ordinary text, the yardstick for the next two sets.
 - `truncated`: the same replies cut to their first quarter of words (at least 3): fragments.
 - `repeated`: each reply's first sentence said over and over to the reply's length: the loops that
   steering produces.
-- `neutral`: the test skeletons' scenario sentences and neutral-valence events, which carry no emotion by
+- `neutral`: the dev skeletons' scenario sentences and neutral-valence events, which carry no emotion by
   construction of SEV.
 - `off-topic`: emotionless sentences about nothing in SEV (`OFF_TOPIC`, written for this purpose).
-- `run:<name>`: the replies of a benchmark run (`--stress-run DIR`, e.g. a steering run), split into the
-  replies the fluency gate passed and those it failed; a hit on a non-fluent reply is the scorer being
-  fooled by degenerate text (the benchmark's `accuracy_fluent` does not count those, `accuracy` does).
+- `run:<name>`: the replies of a dev-split benchmark run (`--stress-run DIR`, e.g. a strong steering run),
+  split into the replies the fluency gate passed and those it failed; a hit on a non-fluent reply is the
+  scorer being fooled by degenerate text (the benchmark's `accuracy_fluent` does not count those,
+  `accuracy` does). A run on another split is refused.
 
 Figures per set: `hit_rate` (the scorer's label equals the target, for sets with targets), the
 `predicted_share` per label, `mean_top_prob` and `confident` (share with top probability >= 0.5). A scorer
@@ -105,6 +107,12 @@ def _run_replies(run_dir: Path) -> list[dict]:
     path = run_dir / "samples.jsonl"
     if not path.is_file():
         raise UserError(f"--stress-run {run_dir}: no samples.jsonl there (a `sev-bench run` output dir)")
+    split = run_split(run_dir)
+    if split != "dev":
+        raise UserError(
+            f"--stress-run {run_dir} is a run on the {split} split; stress sets come from dev-split runs only "
+            "(the test split only measures): rerun it with --split dev"
+        )
     replies = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -123,6 +131,21 @@ def _run_replies(run_dir: Path) -> list[dict]:
     return replies
 
 
+def run_split(run_dir: Path) -> str:
+    """The split a run dir was generated on (from its `run.json`, else `results.json`)."""
+    for name in ("run.json", "results.json"):
+        try:
+            spec = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        spec = spec.get("spec", spec) if isinstance(spec, dict) else {}
+        dataset = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
+        split = dataset.get("split") or spec.get("split")
+        if isinstance(split, str):
+            return split
+    raise UserError(f"--stress-run {run_dir}: no run.json or results.json saying which split it ran on")
+
+
 def build_stress_sets(
     data_dir: str | Path | None = None,
     runs: Sequence[str | Path] = (),
@@ -131,7 +154,13 @@ def build_stress_sets(
 ) -> dict[str, list[dict]]:
     """The stress sets (see module docstring): name -> items `{"text", "target"}` (target None = no emotion)."""
     rng = random.Random(seed)
-    accepted = [row for row in data.load_reference("test", data_dir) if row["judge"]["match"] == 1]
+    dev_skeletons = data.load_skeletons(data_dir)["dev"]
+    dev_ids = {s["skeleton_id"] for s in dev_skeletons}
+    accepted = [
+        row
+        for row in data.load_reference("train", data_dir)  # the dev skeletons' replies live in the train file
+        if row["judge"]["match"] == 1 and row["skeleton_id"] in dev_ids
+    ]
     control = _sample_per_emotion(accepted, per_set, rng)
     sets = {
         "control": [{"text": row["gen_text"], "target": row["emotion"]} for row in control],
@@ -139,7 +168,7 @@ def build_stress_sets(
         "repeated": [{"text": _repeat_first_sentence(row["gen_text"]), "target": row["emotion"]} for row in control],
     }
     neutral_texts = []
-    for skeleton in data.load_skeletons(data_dir)["test"]:
+    for skeleton in dev_skeletons:
         neutral_texts += [skeleton["scenario"], skeleton["event"]["neutral"]]
     neutral_texts = rng.sample(neutral_texts, min(per_set, len(neutral_texts)))
     sets["neutral"] = [{"text": text, "target": None} for text in neutral_texts]
