@@ -125,9 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--scorer", default=DEFAULT_SCORER)
     evaluate.add_argument("--json", dest="json_out", help="also write the report as JSON here")
-    evaluate.add_argument(
-        "--output-dir", help="write report.md, one JSON per measurement and the confusion PNGs here"
-    )
+    evaluate.add_argument("--output-dir", help="write report.md, one JSON per measurement and the confusion PNGs here")
     evaluate.add_argument(
         "--no-heldout", action="store_true", help="skip the GoEmotions test split and the plain statements"
     )
@@ -377,7 +375,9 @@ def _add_report_commands(commands) -> None:
     build.add_argument("--dir", default="leaderboards", help="leaderboard folder (default: leaderboards)")
     build.add_argument("--strict", action="store_true", help="exit 1 when any run dir is refused")
 
-    compare = commands.add_parser("compare", help="paired comparison of two runs (McNemar, bootstrap deltas)")
+    compare = commands.add_parser(
+        "compare", help="paired comparison of two runs, fluent hits then raw hits (McNemar, bootstrap deltas)"
+    )
     compare.add_argument("a", help="run A: a run dir or its results.json")
     compare.add_argument("b", help="run B: a run dir or its results.json")
     compare.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")

@@ -1,5 +1,10 @@
 """`sev-bench compare A B`: a paired comparison of two runs on the samples both share (by id).
 
+Two kinds of hit are compared, each with the tests below: **fluent hits** first (the board's headline: the
+reply names the target emotion *and* passes the fluency gate, `fluency.fluent`), then **raw hits** (the
+scorer's verdict alone, `correct`). Fluent hits are compared only when every shared sample of both runs has
+a fluency record; otherwise the report says which run lacks them.
+
 - McNemar's exact test (a two-sided binomial test on the discordant pairs: b = A right and B wrong,
   c = A wrong and B right, p = binomtest(b, b + c, 0.5)), overall, per valence and per emotion.
 - The accuracy delta B - A with a paired bootstrap 95% interval (resampling the shared samples with
@@ -10,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +87,25 @@ def paired_bootstrap(a, b, resamples: int = 2000, seed: int = 0) -> tuple[float,
     return float(low), float(high)
 
 
-def paired_rows(run_a: LoadedRun, run_b: LoadedRun, resamples: int = 2000, seed: int = 0) -> list[dict]:
-    """One row per group (overall, each valence, each emotion) of the shared samples."""
+def raw_hit(sample: dict) -> bool:
+    return bool(sample["correct"])
+
+
+def fluent_hit(sample: dict) -> bool:
+    """A hit that is also fluent (`fluency.fluent`); the caller checks that the record exists."""
+    return bool(sample["correct"]) and bool(sample["fluency"]["fluent"])
+
+
+def has_fluency(sample: dict) -> bool:
+    fluency = sample.get("fluency")
+    return isinstance(fluency, dict) and "fluent" in fluency
+
+
+def paired_rows(
+    run_a: LoadedRun, run_b: LoadedRun, resamples: int = 2000, seed: int = 0, hit: Callable[[dict], bool] = raw_hit
+) -> list[dict]:
+    """One row per group (overall, each valence, each emotion) of the shared samples; `hit` says what counts
+    as a success (`raw_hit`, or `fluent_hit`)."""
     shared = sorted(set(run_a.samples) & set(run_b.samples))
     groups = [("overall", "all", lambda s: True)]
     groups += [("valence", v, lambda s, v=v: s["valence"] == v) for v in VALENCES]
@@ -92,8 +115,8 @@ def paired_rows(run_a: LoadedRun, run_b: LoadedRun, resamples: int = 2000, seed:
         ids = [i for i in shared if keep(run_a.samples[i])]
         if not ids:
             continue
-        a = [bool(run_a.samples[i]["correct"]) for i in ids]
-        b = [bool(run_b.samples[i]["correct"]) for i in ids]
+        a = [hit(run_a.samples[i]) for i in ids]
+        b = [hit(run_b.samples[i]) for i in ids]
         only_a = sum(x and not y for x, y in zip(a, b))
         only_b = sum(y and not x for x, y in zip(a, b))
         low, high = paired_bootstrap(a, b, resamples, seed + index)
@@ -166,6 +189,9 @@ def compare(path_a: str | Path, path_b: str | Path, resamples: int = 2000, seed:
         sa, sb = run_a.samples[sample_id], run_b.samples[sample_id]
         if (sa["valence"], sa["target_emotion"]) != (sb["valence"], sb["target_emotion"]):
             raise UserError(f"sample {sample_id!r} has different valence/target in the two runs")
+    lacking = [
+        name for name, run in (("A", run_a), ("B", run_b)) if not all(has_fluency(run.samples[i]) for i in shared)
+    ]
     return {
         "a": run_a.label,
         "b": run_b.label,
@@ -176,7 +202,32 @@ def compare(path_a: str | Path, path_b: str | Path, resamples: int = 2000, seed:
         "seed": seed,
         "warnings": warnings_for(run_a.results, run_b.results),
         "rows": paired_rows(run_a, run_b, resamples, seed),
+        # None when a run has no fluency records ("fluent_missing" names it)
+        "rows_fluent": None if lacking else paired_rows(run_a, run_b, resamples, seed, fluent_hit),
+        "fluent_missing": lacking,
     }
+
+
+def _tables(rows: list[dict], what: str) -> list[str]:
+    lines = []
+    for kind, title in (("overall", "overall and per valence"), ("emotion", "per target emotion")):
+        lines += [
+            "",
+            f"## {what}: {title}",
+            "",
+            "| group | n | A (%) | B (%) | delta | 95% interval | A only | B only | McNemar p |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
+        for row in rows:
+            if (kind == "overall") != (row["kind"] in ("overall", "valence")):
+                continue
+            low, high = row["delta_ci95"]
+            lines.append(
+                f"| {row['group']} | {row['n']} | {_pct(row['acc_a'])} | {_pct(row['acc_b'])} | "
+                f"**{_signed(row['delta'])}** | {_signed(low)} to {_signed(high)} | {row['a_only']} | "
+                f"{row['b_only']} | {_p(row['p_mcnemar'])} |"
+            )
+    return lines
 
 
 def compare_markdown(report: dict) -> str:
@@ -186,27 +237,20 @@ def compare_markdown(report: dict) -> str:
         f"- A: {report['a']}",
         f"- B: {report['b']}",
         f"- paired on {report['n_shared']} shared samples (A has {report['n_a']}, B has {report['n_b']})",
+        "- fluent hits (the reply names the target emotion and passes the fluency gate) come first, raw hits "
+        "(the scorer's verdict alone) after them",
         f"- delta = B - A in accuracy points; 95% interval from a paired bootstrap ({report['resamples']} "
         f"resamples, seed {report['seed']}); McNemar exact test on the discordant pairs "
         "(A only = A right and B wrong, B only = the reverse), two-sided",
     ]
     for warning in report["warnings"]:
         lines.append(f"- **warning**: {warning}")
-    for kind, title in (("overall", "Overall and per valence"), ("emotion", "Per target emotion")):
-        lines += [
-            "",
-            f"## {title}",
-            "",
-            "| group | n | A (%) | B (%) | delta | 95% interval | A only | B only | McNemar p |",
-            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
-        ]
-        for row in report["rows"]:
-            if (kind == "overall") != (row["kind"] in ("overall", "valence")):
-                continue
-            low, high = row["delta_ci95"]
-            lines.append(
-                f"| {row['group']} | {row['n']} | {_pct(row['acc_a'])} | {_pct(row['acc_b'])} | "
-                f"**{_signed(row['delta'])}** | {_signed(low)} to {_signed(high)} | {row['a_only']} | "
-                f"{row['b_only']} | {_p(row['p_mcnemar'])} |"
-            )
+    if report.get("rows_fluent") is not None:
+        lines += _tables(report["rows_fluent"], "Fluent hits")
+    else:
+        missing = report.get("fluent_missing") or ["a run"]
+        verb = "have" if len(missing) > 1 else "has"
+        lines += ["", "## Fluent hits", ""]
+        lines.append(f"- not compared: {' and '.join(missing)} {verb} no fluency records (`fluency.fluent`)")
+    lines += _tables(report["rows"], "Raw hits")
     return "\n".join(lines) + "\n"

@@ -68,8 +68,25 @@ class Entry:
         return self.spec["method"]["name"]
 
     @property
+    def fluent_accuracy(self) -> dict | None:
+        """`metrics.accuracy_fluent` as a grouped block (overall, by valence, ...), or None (no fluency records)."""
+        block = self.results["metrics"].get("accuracy_fluent")
+        return block if isinstance(block, dict) and fluent_cell(block) is not None and "overall" in block else None
+
+    @property
     def fluent(self) -> dict | None:
         return fluent_cell(self.results["metrics"].get("accuracy_fluent"))
+
+    @property
+    def fluent_share(self) -> float | None:
+        """The share of replies that pass the fluency gate (`metrics.fluency.fluent_share`), or None."""
+        value = (self.results["metrics"].get("fluency") or {}).get("fluent_share")
+        return value if isinstance(value, (int, float)) and self.fluent is not None else None
+
+    def fluent_group(self, block: str, name: str) -> dict | None:
+        """One cell of the fluent block (`by_valence` / `by_emotion`), or None."""
+        fluent = self.fluent_accuracy
+        return (fluent.get(block) or {}).get(name) if fluent else None
 
     @property
     def scorer_agreement(self) -> float | None:
@@ -335,11 +352,16 @@ def selection_label(dataset: dict) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _cell_pct(cell: dict | None) -> str:
     return _pct(cell.get("acc") if cell else None)
+
+
+def _pair(entry: Entry, block: str, name: str) -> str:
+    """A group's cell as "fluent / raw" (%), "- / raw" for a run without fluency records."""
+    return f"{_cell_pct(entry.fluent_group(block, name))} / {_cell_pct(entry.accuracy[block].get(name))}"
 
 
 def _ci(cell: dict) -> str:
@@ -359,21 +381,34 @@ def group_slug(group: tuple[str, str]) -> str:
     return _slug(model if selection == FULL_SPLIT else f"{model}__{selection}")
 
 
+def rank_key(entry) -> tuple:
+    """The board's order within a table: fluent accuracy, best first; a run without fluency records after
+    every run that has them; ties (and runs without fluency records) by raw accuracy, then by name."""
+    fluent = entry.fluent
+    return (
+        fluent is None,
+        -fluent["acc"] if fluent else 0.0,
+        -entry.accuracy["overall"]["acc"],
+        entry.method,
+        entry.path,
+    )
+
+
 def grouped(entries: list[Entry]) -> list[tuple[tuple[str, str], list[Entry]]]:
     """Entries by (model, selection): full-split groups first, then subsets, each sorted by name; entries by
-    overall accuracy (best first)."""
+    `rank_key` (fluent accuracy, best first; runs without fluency records last)."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         groups.setdefault(entry.group, []).append(entry)
     return [
-        (key, sorted(groups[key], key=lambda e: (-e.accuracy["overall"]["acc"], e.method, e.path)))
+        (key, sorted(groups[key], key=rank_key))
         for key in sorted(groups, key=lambda group: (group[1] != FULL_SPLIT, group))
     ]
 
 
 def _command(entry: Entry) -> str:
     command = entry.spec.get("command")
-    return "sev-bench " + shlex.join(command) if isinstance(command, list) and command else "–"
+    return "sev-bench " + shlex.join(command) if isinstance(command, list) and command else "-"
 
 
 def _machine(entry: Entry) -> str:
@@ -399,8 +434,14 @@ sev_bench/leaderboard.py, or the runs, and rebuild). -->
 Emotion-expression accuracy (%) of chat-model control methods on the SEV **test** split: the share of
 replies whose scorer-predicted emotion is the target, per valence context of the event (positive /
 neutral / negative) and per target emotion, with the 95% Wilson interval after the overall figure. One
-table per model (and per subset, when a run covers only part of the split); best overall first.
-**fluent** is `metrics.accuracy_fluent` (a reply counts only if it is also fluent) where a run reports it.
+table per model (and per subset, when a run covers only part of the split).
+
+**Ranked by fluent accuracy** (`metrics.accuracy_fluent`): a reply counts as a hit only if it expresses the
+target emotion *and* passes the fluency gate (no looping, perplexity under the unmodified model within the
+bound), so a method cannot win by breaking the text. Raw accuracy (`metrics.accuracy`: the scorer's verdict
+alone) stands beside it; per valence and per emotion each cell reads "fluent / raw". "fluent replies" is
+the share of replies that pass the gate. A run without fluency records shows "-" for fluent accuracy and
+ranks after every run that has them (among themselves, by raw accuracy).
 **decoding** is the run's generation settings; *own* marks a method that declared decoding other than the
 benchmark's (greedy, {max_new_tokens} new tokens), so its figures are not strictly comparable. The scorer
 column gives the scorer id, the first 12 hex digits of its sha256 and its measured agreement with the
@@ -473,28 +514,29 @@ def readme(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
         model, selection = group
         slug = group_slug(group)
         out.append(f"### {model} ({selection})\n")
-        out.append(f"![accuracy by valence, {model}](plots/accuracy-by-valence_{slug}.png)\n")
-        head = ["method", "n", "overall (95% CI)", *VALENCES, *EMOTIONS, "fluent", "scorer", "backend", "decoding"]
-        head += ["date", "config"]
+        out.append(f"![fluent accuracy by valence, {model}](plots/accuracy-by-valence_{slug}.png)\n")
+        head = ["method", "n", "**fluent** (95% CI)", "raw (95% CI)", "fluent replies"]
+        head += [*VALENCES, *EMOTIONS, "scorer", "backend", "decoding", "date", "config"]
         out.append("| " + " | ".join(head) + " |")
         out.append(
-            "| --- | ---: | ---: | " + " | ".join("---:" for _ in (*VALENCES, *EMOTIONS)) + " | ---: |" + " --- |" * 5
+            "| --- | " + " | ".join("---:" for _ in range(4 + len(VALENCES) + len(EMOTIONS))) + " |" + " --- |" * 5
         )
         for entry in members:
             accuracy = entry.accuracy
-            overall = accuracy["overall"]
+            overall, fluent = accuracy["overall"], entry.fluent
             agreement = entry.scorer_agreement
             scorer = f"`{entry.spec['scorer']['id']}` `{str(entry.spec['scorer']['sha256'])[:12]}`"
-            scorer += f" (agreement {agreement:.3f})" if agreement is not None else " (agreement –)"
+            scorer += f" (agreement {agreement:.3f})" if agreement is not None else " (agreement -)"
             decoding = entry.decoding + (" (*own*)" if entry.own_decoding else "")
             backend = f"{entry.spec['backend']['name']} ({entry.spec['model'].get('dtype', '?')})"
             cells = [
                 f"`{entry.method}`",
                 str(overall["n"]),
-                f"**{_cell_pct(overall)}** ({_ci(overall)})",
-                *(_cell_pct(accuracy["by_valence"].get(v)) for v in VALENCES),
-                *(_cell_pct(accuracy["by_emotion"].get(e)) for e in EMOTIONS),
-                _cell_pct(entry.fluent),
+                f"**{_cell_pct(fluent)}** ({_ci(fluent)})" if fluent else "-",
+                f"{_cell_pct(overall)} ({_ci(overall)})",
+                _pct(entry.fluent_share),
+                *(_pair(entry, "by_valence", v) for v in VALENCES),
+                *(_pair(entry, "by_emotion", e) for e in EMOTIONS),
                 scorer,
                 backend,
                 decoding,
@@ -503,7 +545,7 @@ def readme(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
             ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        out.append("| run dir | command | machine | samples checked | heatmap |")
+        out.append("| run dir | command | machine | samples checked | heatmap (raw) |")
         out.append("| --- | --- | --- | --- | --- |")
         for entry in sorted(members, key=lambda e: e.path):
             checked = "yes" if entry.samples_checked else "no (no samples.jsonl)"
@@ -523,32 +565,35 @@ def readme(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
 # -- leaderboard.csv -------------------------------------------------------------------------------------
 
 CSV_COLUMNS = (
-    ["model", "selection", "method", "run_dir", "n", "overall", "overall_ci_low", "overall_ci_high"]
-    + list(VALENCES)
-    + list(EMOTIONS)
-    + ["fluent", "scorer", "scorer_sha256", "scorer_agreement", "backend", "dtype", "decoding", "own_decoding"]
+    ["model", "selection", "method", "run_dir", "n", "fluent", "fluent_ci_low", "fluent_ci_high"]
+    + ["raw", "raw_ci_low", "raw_ci_high", "fluent_share"]
+    + [f"fluent_{group}" for group in (*VALENCES, *EMOTIONS)]
+    + [f"raw_{group}" for group in (*VALENCES, *EMOTIONS)]
+    + ["scorer", "scorer_sha256", "scorer_agreement", "backend", "dtype", "decoding", "own_decoding"]
     + ["date", "config_hash", "samples_checked"]
 )
 
 
 def leaderboard_csv(entries: list[Entry]) -> str:
+    """One row per entry, in board order (fluent accuracy first); an empty field where a run has no value."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    groups = [("by_valence", v) for v in VALENCES] + [("by_emotion", e) for e in EMOTIONS]
     for (model, selection), members in grouped(entries):
         for entry in members:
             accuracy = entry.accuracy
-            overall = accuracy["overall"]
-            fluent = entry.fluent
+            overall, fluent = accuracy["overall"], entry.fluent
+            fluent_ci = fluent["ci95"] if fluent and fluent.get("ci95") else [None, None]
             writer.writerow(
-                [model, selection, entry.method, entry.path, overall["n"], _num(overall["acc"])]
-                + [_num(overall["ci95"][0]), _num(overall["ci95"][1])]
-                + [_num((accuracy["by_valence"].get(v) or {}).get("acc")) for v in VALENCES]
-                + [_num((accuracy["by_emotion"].get(e) or {}).get("acc")) for e in EMOTIONS]
-                + [_num(fluent["acc"]) if fluent else "", entry.spec["scorer"]["id"], entry.spec["scorer"]["sha256"]]
-                + [_num(entry.scorer_agreement), entry.spec["backend"]["name"], entry.spec["model"].get("dtype", "")]
-                + [entry.decoding, str(entry.own_decoding).lower(), entry.date, entry.config_hash]
-                + [str(entry.samples_checked).lower()]
+                [model, selection, entry.method, entry.path, overall["n"]]
+                + [_num(fluent["acc"] if fluent else None), _num(fluent_ci[0]), _num(fluent_ci[1])]
+                + [_num(overall["acc"]), _num(overall["ci95"][0]), _num(overall["ci95"][1]), _num(entry.fluent_share)]
+                + [_num((entry.fluent_group(block, name) or {}).get("acc")) for block, name in groups]
+                + [_num((accuracy[block].get(name) or {}).get("acc")) for block, name in groups]
+                + [entry.spec["scorer"]["id"], entry.spec["scorer"]["sha256"], _num(entry.scorer_agreement)]
+                + [entry.spec["backend"]["name"], entry.spec["model"].get("dtype", ""), entry.decoding]
+                + [str(entry.own_decoding).lower(), entry.date, entry.config_hash, str(entry.samples_checked).lower()]
             )
     return buffer.getvalue()
 
@@ -593,13 +638,15 @@ VALENCE_COLOURS = {"positive": "#228833", "neutral": "#888888", "negative": "#cc
 
 
 def valence_chart_svg(members: list[Entry]) -> str:
-    """Grouped bars (positive / neutral / negative per method) with 95% interval whiskers, as inline SVG."""
+    """Grouped bars (positive / neutral / negative per method), as inline SVG: the solid bar is fluent
+    accuracy with its 95% interval whisker, the pale bar behind it raw accuracy (a run without fluency
+    records has the pale bar alone, whisker on raw accuracy)."""
     bar, gap, left, top, height = 16, 22, 44, 24, 180
-    width = max(420, left + len(members) * (3 * bar + gap) + 10)  # at least the legend's width
+    width = max(560, left + len(members) * (3 * bar + gap) + 10)  # at least the legend's width
     y = lambda acc: top + height * (1 - acc)  # noqa: E731
     parts = [
-        f'<svg width="{width}" height="{top + height + 58}" '
-        f'role="img" aria-label="accuracy by valence per method" font-size="11" font-family="sans-serif">'
+        f'<svg width="{width}" height="{top + height + 58}" role="img" '
+        f'aria-label="fluent and raw accuracy by valence per method" font-size="11" font-family="sans-serif">'
     ]
     for tick in (0, 25, 50, 75, 100):
         ty = y(tick / 100)
@@ -612,18 +659,26 @@ def valence_chart_svg(members: list[Entry]) -> str:
     for index, entry in enumerate(members):
         x0 = left + gap / 2 + index * (3 * bar + gap)
         for offset, valence in enumerate(VALENCES):
-            cell = entry.accuracy["by_valence"].get(valence)
-            if not cell:
+            raw = entry.accuracy["by_valence"].get(valence)
+            if not raw:
                 continue
-            x = x0 + offset * bar
-            acc, (low, high) = cell["acc"], cell["ci95"]
-            title = (
-                f"{entry.method} {valence}: {100 * acc:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}, n={cell['n']})"
-            )
+            fluent = entry.fluent_group("by_valence", valence)
+            x, colour = x0 + offset * bar, VALENCE_COLOURS[valence]
+            title = f"{entry.method} {valence}: "
+            if fluent:
+                title += f"fluent {100 * fluent['acc']:.1f}% (95% CI {_ci(fluent)}), "
+            title += f"raw {100 * raw['acc']:.1f}% (95% CI {_ci(raw)}), n={raw['n']}"
             parts.append(
-                f'<rect x="{x:.1f}" y="{y(acc):.1f}" width="{bar - 2}" height="{height * acc:.1f}" '
-                f'fill="{VALENCE_COLOURS[valence]}"><title>{html.escape(title)}</title></rect>'
+                f'<rect x="{x:.1f}" y="{y(raw["acc"]):.1f}" width="{bar - 2}" height="{height * raw["acc"]:.1f}" '
+                f'fill="{colour}" fill-opacity="0.3"><title>{html.escape(title)}</title></rect>'
             )
+            shown = fluent or raw
+            if fluent:
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y(fluent["acc"]):.1f}" width="{bar - 2}" '
+                    f'height="{height * fluent["acc"]:.1f}" fill="{colour}"><title>{html.escape(title)}</title></rect>'
+                )
+            low, high = shown["ci95"]
             cx = x + (bar - 2) / 2
             parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(high):.1f}" y2="{y(low):.1f}" stroke="#222"/>')
         label = html.escape(entry.method if len(entry.method) <= 14 else entry.method[:13] + "…")
@@ -633,7 +688,7 @@ def valence_chart_svg(members: list[Entry]) -> str:
         lx = left + offset * 90
         parts.append(f'<rect x="{lx}" y="{legend_y - 9}" width="10" height="10" fill="{VALENCE_COLOURS[valence]}"/>')
         parts.append(f'<text x="{lx + 14}" y="{legend_y}">{valence}</text>')
-    parts.append(f'<text x="{left + 280}" y="{legend_y}" fill="#666">dashed: 1/6 (chance)</text>')
+    parts.append(f'<text x="{left + 280}" y="{legend_y}" fill="#666">solid: fluent, pale: raw; dashed: 1/6</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -644,6 +699,17 @@ def _td(text: str, value=None, cls: str = "") -> str:
     return f'<td{attr} data-v="{html.escape(str(value), quote=True)}">{text}</td>'
 
 
+HTML_TEXT_COLUMNS = {"method", "fluent 95% CI", "raw 95% CI", "scorer", "backend", "decoding", "date", "config"}
+HTML_TEXT_COLUMNS.add("run dir")
+
+
+def _th(name: str) -> str:
+    """A header cell: text columns left-aligned; "fluent" marked as the order the rows come in."""
+    classes = (["t"] if name in HTML_TEXT_COLUMNS else []) + (["sorted-desc"] if name == "fluent" else [])
+    attr = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<th{attr}>{name}</th>"
+
+
 def index_html(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
     out = [
         "<!DOCTYPE html>",
@@ -652,9 +718,12 @@ def index_html(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
         "<title>sev-bench leaderboard</title>",
         f"<style>{CSS.strip()}</style></head><body>",
         "<h1>sev-bench leaderboard</h1>",
-        "<p>Emotion-expression accuracy (%) on the SEV test split per valence context and target emotion, "
-        "with the 95% Wilson interval of the overall figure. Click a column header to sort. Generated by "
-        "<code>sev-bench leaderboard build</code>; the submission guide is in <code>README.md</code>.</p>",
+        "<p>Emotion-expression accuracy (%) on the SEV test split, <b>ranked by fluent accuracy</b> (a hit "
+        "counts only if the reply also passes the fluency gate), raw accuracy (the scorer's verdict alone) "
+        "beside it, each with its 95% Wilson interval; per valence and emotion a cell reads "
+        "&quot;fluent / raw&quot;. A run without fluency records shows &quot;-&quot; and ranks last. Click a "
+        "column header to sort. Generated by <code>sev-bench leaderboard build</code>; the submission guide is "
+        "in <code>README.md</code>.</p>",
     ]
     if not entries:
         out.append("<p>No accepted runs yet.</p>")
@@ -662,37 +731,38 @@ def index_html(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
         model, selection = group
         out.append(f'<h2>{html.escape(model)} <span class="muted">({html.escape(selection)})</span></h2>')
         out.append(valence_chart_svg(members))
-        head = ["method", "n", "overall", "95% CI", *VALENCES, *EMOTIONS, "fluent", "scorer", "agreement"]
-        head += ["backend", "decoding", "date", "config", "run dir"]
-        text_columns = {"method", "95% CI", "scorer", "backend", "decoding", "date", "config", "run dir"}
+        head = ["method", "n", "fluent", "fluent 95% CI", "raw", "raw 95% CI", "fluent replies"]
+        head += [*VALENCES, *EMOTIONS, "scorer", "agreement", "backend", "decoding", "date", "config", "run dir"]
         out.append('<table class="sortable"><thead><tr>')
-        out.append("".join(f'<th class="t">{h}</th>' if h in text_columns else f"<th>{h}</th>" for h in head))
+        out.append("".join(_th(h) for h in head))
         out.append("</tr></thead><tbody>")
         for entry in members:
             accuracy = entry.accuracy
-            overall = accuracy["overall"]
+            overall, fluent = accuracy["overall"], entry.fluent
 
-            def pct(cell):
-                acc = cell.get("acc") if cell else None
-                return _td(_pct(acc), "" if acc is None else f"{acc:.6f}")
+            def pair(block: str, name: str, entry=entry):
+                cell = entry.fluent_group(block, name)
+                return _td(html.escape(_pair(entry, block, name)), "" if cell is None else f"{cell['acc']:.6f}")
 
-            agreement = entry.scorer_agreement
+            agreement, share = entry.scorer_agreement, entry.fluent_share
             decoding = html.escape(entry.decoding) + (' <span class="own">own</span>' if entry.own_decoding else "")
             cells = [
                 _td(f"<code>{html.escape(entry.method)}</code>", entry.method, "t"),
                 _td(str(overall["n"])),
-                _td(f"<b>{_pct(overall['acc'])}</b>", f"{overall['acc']:.6f}"),
+                _td(f"<b>{_cell_pct(fluent)}</b>", f"{fluent['acc']:.6f}") if fluent else _td("-", ""),
+                _td(_ci(fluent), f"{fluent['ci95'][0]:.6f}", "t") if fluent else _td("-", "", "t"),
+                _td(_pct(overall["acc"]), f"{overall['acc']:.6f}"),
                 _td(_ci(overall), f"{overall['ci95'][0]:.6f}", "t"),
-                *(pct(accuracy["by_valence"].get(v)) for v in VALENCES),
-                *(pct(accuracy["by_emotion"].get(e)) for e in EMOTIONS),
-                pct(entry.fluent),
+                _td(_pct(share), "" if share is None else f"{share:.6f}"),
+                *(pair("by_valence", v) for v in VALENCES),
+                *(pair("by_emotion", e) for e in EMOTIONS),
                 _td(
                     f"<code>{html.escape(str(entry.spec['scorer']['id']))}</code> "
                     f'<span class="muted">{html.escape(str(entry.spec["scorer"]["sha256"])[:12])}</span>',
                     entry.spec["scorer"]["id"],
                     "t",
                 ),
-                _td("–" if agreement is None else f"{agreement:.3f}", "" if agreement is None else f"{agreement:.6f}"),
+                _td("-" if agreement is None else f"{agreement:.3f}", "" if agreement is None else f"{agreement:.6f}"),
                 _td(
                     html.escape(f"{entry.spec['backend']['name']} ({entry.spec['model'].get('dtype', '?')})"),
                     entry.spec["backend"]["name"],
@@ -744,11 +814,17 @@ def write_plots(entries: list[Entry], plots_dir: Path) -> list[Path]:
     written = []
     for group, members in grouped(entries):
         model, selection = group
-        runs = [(entry.method, entry.accuracy) for entry in members]
-        figure = accuracy_by_valence_figure(runs, f"{model} ({selection}): accuracy by valence")
+        # fluent accuracy, the board's headline; a run without fluency records shows its raw accuracy, so labelled
+        runs = [
+            (entry.method, entry.fluent_accuracy)
+            if entry.fluent_accuracy
+            else (f"{entry.method} (raw)", entry.accuracy)
+            for entry in members
+        ]
+        figure = accuracy_by_valence_figure(runs, f"{model} ({selection}): fluent accuracy by valence")
         written.append(write_png(figure, plots_dir / f"accuracy-by-valence_{group_slug(group)}.png"))
         for entry in members:
-            title = f"{entry.method} on {model}: accuracy (%)"
+            title = f"{entry.method} on {model}: raw accuracy (%)"
             written.append(write_png(heatmap_figure(entry.accuracy, title), plots_dir / f"heatmap_{entry.slug}.png"))
     if plots_dir.is_dir():
         keep = {path.name for path in written}

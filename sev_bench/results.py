@@ -146,45 +146,73 @@ def _pct(cell: dict | None) -> str:
     return f"{100 * cell['acc']:.1f}"
 
 
+def _ci(cell: dict) -> str:
+    return f"95% CI {100 * cell['ci95'][0]:.1f}-{100 * cell['ci95'][1]:.1f}, {cell['correct']}/{cell['n']}"
+
+
+def _table(accuracy: dict, emotions: list[str], valences: list[str]) -> list[str]:
+    lines = [
+        "| valence | " + " | ".join(emotions) + " | all |",
+        "| --- | " + " | ".join("---:" for _ in emotions) + " | ---: |",
+    ]
+    for valence in valences:
+        row = accuracy["by_valence_emotion"].get(valence, {})
+        cells = [_pct(row.get(e)) for e in emotions] + [f"**{_pct(accuracy['by_valence'].get(valence))}**"]
+        lines.append(f"| {valence} | " + " | ".join(cells) + " |")
+    cells = [f"**{_pct(accuracy['by_emotion'].get(e))}**" for e in emotions] + [f"**{_pct(accuracy['overall'])}**"]
+    lines.append("| all | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_markdown(results: dict) -> str:
-    """People's view of a run: the valence x emotion accuracy table with counts and 95% intervals."""
+    """People's view of a run: fluent accuracy first (a hit counts only if the reply is also fluent), raw
+    accuracy beside it, then the valence x emotion tables of both with counts and 95% intervals. A run
+    without fluency records shows "-" for fluent accuracy."""
     accuracy = results["metrics"]["accuracy"]
     emotions = [e for e in EMOTIONS if e in accuracy["by_emotion"]]
     valences = [v for v in VALENCES if v in accuracy["by_valence"]]
     spec = results["spec"]
     overall = accuracy["overall"]
+    fluent, fluency = results["metrics"].get("accuracy_fluent"), results["metrics"].get("fluency")
+    fluent_overall = fluent.get("overall") if isinstance(fluent, dict) else None
     lines = [
         f"# sev-bench run: {spec['method']['name']} on {spec['model']['id']}",
         "",
         f"- split: {spec['dataset']['split']} ({overall['n']} replies), scorer: {spec['scorer']['id']}, "
         f"backend: {spec['backend']['name']} ({spec['model']['dtype']}, {spec['hardware']['device']})",
-        f"- overall accuracy: **{_pct(overall)}%** "
-        f"(95% CI {100 * overall['ci95'][0]:.1f}-{100 * overall['ci95'][1]:.1f}, {overall['correct']}/{overall['n']})",
+    ]
+    if fluent_overall:
+        line = f"- fluent accuracy: **{_pct(fluent_overall)}%** ({_ci(fluent_overall)}; "
+        line += "a hit counts only if the reply is fluent"
+        if fluency:
+            median = fluency["perplexity_median"]
+            line += (
+                f": {100 * fluency['fluent_share']:.1f}% are; median perplexity "
+                + ("-" if median is None else f"{median:.1f}")
+                + f", repeated 4-gram in {100 * fluency['repeated_4gram_share']:.1f}%"
+            )
+        lines.append(line + ")")
+    else:
+        lines.append("- fluent accuracy: **-** (no fluency records)")
+    lines += [
+        f"- raw accuracy: {_pct(overall)}% ({_ci(overall)}; the scorer's verdict alone)",
         f"- wall time: {results['timings']['total_s']:.0f} s "
         f"(generation {results['timings']['generation_s']:.0f} s, scoring {results['timings']['scoring_s']:.0f} s)",
     ]
-    fluent, fluency = results["metrics"].get("accuracy_fluent"), results["metrics"].get("fluency")
-    if fluent and fluency:
-        median = fluency["perplexity_median"]
-        lines.append(
-            f"- fluent accuracy: **{_pct(fluent['overall'])}%** (a hit counts only if the reply is fluent: "
-            f"{100 * fluency['fluent_share']:.1f}% are; median perplexity "
-            + ("–" if median is None else f"{median:.1f}")
-            + f", repeated 4-gram in {100 * fluency['repeated_4gram_share']:.1f}%)"
-        )
+    if fluent_overall:
+        lines += [
+            "",
+            "Fluent accuracy (%) = share of replies whose predicted emotion is the target and that pass the fluency "
+            "gate, by valence context:",
+            "",
+            *_table(fluent, emotions, valences),
+        ]
     lines += [
         "",
-        "Accuracy (%) = share of replies whose predicted emotion is the target, by valence context:",
+        "Raw accuracy (%) = share of replies whose predicted emotion is the target, by valence context:",
         "",
-        "| valence | " + " | ".join(emotions) + " | all |",
-        "| --- | " + " | ".join("---:" for _ in emotions) + " | ---: |",
+        *_table(accuracy, emotions, valences),
     ]
-    for valence in valences:
-        row = accuracy["by_valence_emotion"][valence]
-        cells = [_pct(row.get(e)) for e in emotions] + [f"**{_pct(accuracy['by_valence'][valence])}**"]
-        lines.append(f"| {valence} | " + " | ".join(cells) + " |")
-    cells = [f"**{_pct(accuracy['by_emotion'][e])}**" for e in emotions] + [f"**{_pct(overall)}**"]
-    lines.append("| all | " + " | ".join(cells) + " |")
     predicted = results["metrics"].get("predicted_share")
     if predicted:
         lines += [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import shutil
@@ -13,7 +15,8 @@ from synthetic_runs import make_samples, make_spec, read_run, results_for, write
 
 from sev_bench.cli import main
 from sev_bench.compare import compare, compare_markdown, mcnemar_exact, paired_bootstrap
-from sev_bench.leaderboard import build, collect, find_run_dirs, grouped, validate_run
+from sev_bench.leaderboard import build, collect, find_run_dirs, grouped, leaderboard_csv, readme, validate_run
+from sev_bench.results import summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = str(REPO / "tests" / "fast_prompting.yaml")
@@ -54,20 +57,30 @@ def test_build_writes_tables_csv_html_plots_and_rebuilds_byte_identical(tmp_path
     assert "## How a run gets onto this board" in readme and "sev_bench.methods" in readme
     assert "no `messages` field" in readme
     assert "### model-a (full test split)" in readme and "### model-b (full test split)" in readme
-    # best first within a model; per-valence columns; the method's own decoding is flagged
+    # ranked by fluent accuracy; a run without fluency records shows "-" and comes last, whatever its raw
+    # accuracy (none: 16.7% raw, prompting: 50.0% raw, 25.0% fluent); raw accuracy beside fluent
     assert readme.index("`prompting` | 36") < readme.index("`none` | 36")
-    assert "| `steer` | 36 | **66.7** (" in readme and "| 100.0 | 100.0 | 0.0 |" in readme
+    assert "| `prompting` | 36 | **25.0** (" in readme and ") | 50.0 (" in readme
+    assert "| `none` | 36 | - | 16.7 (" in readme
+    # per-valence cells read "fluent / raw"; the method's own decoding is flagged
+    assert "| `steer` | 36 | - | 66.7 (" in readme and "| - / 100.0 | - / 100.0 | - / 0.0 |" in readme
     assert "repetition_penalty=1.05 (*own*)" in readme
-    # fluent accuracy where the run has it (18 hits, 9 of them also fluent), else a dash
-    assert "| 25.0 | `test-keywords`" in readme and "| – | `test-keywords`" in readme
     assert "ci/baseline" not in readme
 
     csv_lines = first["leaderboard.csv"].decode().splitlines()
-    assert csv_lines[0].startswith("model,selection,method,run_dir,n,overall,overall_ci_low,overall_ci_high,positive")
+    assert csv_lines[0].startswith(
+        "model,selection,method,run_dir,n,fluent,fluent_ci_low,fluent_ci_high,raw,raw_ci_low,raw_ci_high,fluent_share,"
+    )
     assert len(csv_lines) == 4 and not any("ci/baseline" in line for line in csv_lines)
+    rows = {row["method"]: row for row in csv.DictReader(io.StringIO(first["leaderboard.csv"].decode()))}
+    assert rows["prompting"]["fluent"] == "0.250000" and rows["prompting"]["raw"] == "0.500000"
+    assert rows["none"]["fluent"] == "" and rows["none"]["raw_happiness"] == "1.000000"
+    assert [line.split(",")[2] for line in csv_lines[1:3]] == ["prompting", "none"]  # board order
 
     page = first["index.html"].decode()
     assert page.count('<table class="sortable">') == 2 and page.count("<svg") == 2
+    assert page.index("<code>prompting</code>") < page.index("<code>none</code>")
+    assert '<th class="sorted-desc">fluent</th><th class="t">fluent 95% CI</th><th>raw</th>' in page
     assert "http://" not in page and "https://" not in page and " src=" not in page
 
     entries_again, _, _ = build(root)
@@ -188,9 +201,41 @@ def test_published_runs_pass_validation():
         assert validate_run(run_dir, root).samples_checked, run_dir
 
 
+def test_ranking_is_by_fluent_accuracy_and_runs_without_fluency_records_come_last():
+    def entry(method, raw, fluent):
+        cell = {"acc": fluent} if fluent is not None else None
+        return SimpleNamespace(
+            group=("m", "full test split"), accuracy={"overall": {"acc": raw}}, fluent=cell, method=method, path=method
+        )
+
+    entries = [entry("loops", 0.28, 0.026), entry("plain", 0.90, None), entry("gentle", 0.16, 0.091)]
+    entries += [entry("tied", 0.20, 0.091), entry("bare", 0.10, None)]
+    ((_, members),) = grouped(entries)
+    assert [e.method for e in members] == ["tied", "gentle", "loops", "plain", "bare"]
+
+
+def test_published_board_leads_with_fluent_accuracy():
+    """The committed board is what `leaderboard build` writes now: ranked by fluent accuracy (SmolLM2's loop-
+    producing `steering` is no longer first), and every run's summary.md leads with fluent accuracy."""
+    root = REPO / "leaderboards"
+    entries, refused = collect(root)
+    assert refused == []
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert text == readme(entries, refused)
+    assert (root / "leaderboard.csv").read_text(encoding="utf-8") == leaderboard_csv(entries)
+    full = dict(grouped(entries))[("smollm2-135m", "full test split")]
+    assert [e.method for e in full] == ["circuit", "prompting", "steering", "none"]  # none: no fluency records
+    for entry in entries:
+        summary = (root / entry.path / "summary.md").read_text(encoding="utf-8")
+        assert summary == summary_markdown(entry.results), entry.path
+        assert summary.index("- fluent accuracy:") < summary.index("- raw accuracy:")
+
+
 def test_full_split_groups_come_before_subset_groups():
     def entry(model, selection, acc):
-        return SimpleNamespace(group=(model, selection), accuracy={"overall": {"acc": acc}}, method="m", path=model)
+        return SimpleNamespace(
+            group=(model, selection), accuracy={"overall": {"acc": acc}}, fluent=None, method="m", path=model
+        )
 
     subset = "test subset: first 144 rows, themes interleaved"
     entries = [entry("a-model", subset, 0.5), entry("z-model", "full test split", 0.1)]
@@ -247,13 +292,35 @@ def test_compare_two_runs_with_known_discordant_counts(tmp_path, capsys):
     assert (by_group["negative"]["a_only"], by_group["negative"]["b_only"]) == (0, 2)
     assert set(by_group) >= {"anger", "disgust"}
     assert any("differs in sha256" in w for w in report["warnings"])
+    assert report["rows_fluent"] is None and report["fluent_missing"] == ["A", "B"]
     text = compare_markdown(report)
     assert "| all | 36 | 33.3 | 19.4 | **-13.9** |" in text and "| 7 | 2 | 0.18 |" in text
     assert "**warning**: scorer test-keywords differs in sha256" in text
+    assert "- not compared: A and B have no fluency records" in text
 
     assert main(["compare", str(run_a), str(run_b), "-o", str(tmp_path / "cmp.md")]) == 0
     out = capsys.readouterr().out
-    assert "## Per target emotion" in out and (tmp_path / "cmp.md").read_text() == out
+    assert "## Raw hits: per target emotion" in out and (tmp_path / "cmp.md").read_text() == out
+
+
+def test_compare_reports_fluent_hits_first(tmp_path):
+    # A: hits 0-11, fluent on even indices -> fluent hits 0,2,4,6,8,10; B: hits 0-4 and 12-13, all fluent but 12
+    run_a = write_run(tmp_path / "a", make_samples(lambda i, v, e: i in A_RIGHT, lambda i: i % 2 == 0))
+    run_b = write_run(tmp_path / "b", make_samples(lambda i, v, e: i in B_RIGHT, lambda i: i != 12), method="other")
+    report = compare(run_a, run_b, resamples=500, seed=1)
+    raw, fluent = report["rows"][0], report["rows_fluent"][0]
+    assert (raw["a_only"], raw["b_only"]) == (7, 2)
+    # fluent hits: A {0,2,4,6,8,10}, B {0,1,2,3,4,13}: A only {6,8,10}, B only {1,3,13}
+    assert (fluent["a_only"], fluent["b_only"]) == (3, 3) and fluent["delta"] == pytest.approx(0.0)
+    assert fluent["acc_a"] == pytest.approx(6 / 36) and fluent["p_mcnemar"] == pytest.approx(1.0)
+    text = compare_markdown(report)
+    assert text.index("## Fluent hits: overall and per valence") < text.index("## Raw hits: overall and per valence")
+    assert "| all | 36 | 16.7 | 16.7 | **+0.0** |" in text and "| 3 | 3 | 1 |" in text
+    # one run without fluency records: raw hits only, and the report says which run lacks them
+    bare = write_run(tmp_path / "bare", make_samples(lambda i, v, e: i in B_RIGHT))
+    report = compare(run_a, bare, resamples=500)
+    assert report["rows_fluent"] is None and report["fluent_missing"] == ["B"]
+    assert "- not compared: B has no fluency records" in compare_markdown(report)
 
 
 def test_compare_warns_on_decoding_backend_and_data(tmp_path):
