@@ -457,6 +457,10 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
   (`skeleton__valence__emotion`), so `sev-bench run` with the same method rebuilds the exact chat; the
   command of each run is listed under its table (as recorded in `spec.command`; a sharded run records the
   shard that finished last).
+- `none` asks for no emotion, so its one reply per event is scored against all six targets: its accuracy
+  for an emotion is the natural rate (the share of plain replies the scorer gives that emotion), and its
+  overall accuracy is at most 1/6, (1 - the share the scorer calls `none`) / 6; exactly 1/6 only under a
+  scorer without a `none` label.
 - A scorer retrained on another machine can differ in the last bits of its weights (and so in sha256);
   compare runs made with the same scorer sha256 (`sev-bench compare` warns when they differ).
 - A run whose `results.json` has a `rescore` block was scored again with `sev-bench rescore` after it

@@ -231,6 +231,23 @@ def test_published_board_leads_with_fluent_accuracy():
         assert summary.index("- fluent accuracy:") < summary.index("- raw accuracy:")
 
 
+def test_none_baseline_is_at_most_one_sixth_as_the_docs_say():
+    """`none` sends one chat for all six targets: per emotion it scores the natural rate, overall
+    (1 - share of `none` verdicts) / 6, which is below 1/6 under a scorer with a `none` label."""
+    root = REPO / "leaderboards"
+    for run_dir in find_run_dirs(root):
+        entry = validate_run(run_dir, root)
+        if entry.method != "none":
+            continue
+        shares = entry.results["metrics"]["predicted_share"]
+        assert entry.accuracy["overall"]["acc"] == pytest.approx((1 - shares.get("none", 0.0)) / 6, abs=1e-9)
+        for emotion, cell in entry.accuracy["by_emotion"].items():
+            assert cell["acc"] == pytest.approx(shares[emotion], abs=1e-9), (run_dir, emotion)
+        assert entry.accuracy["overall"]["acc"] < 1 / 6
+    for text in ((REPO / "README.md").read_text(encoding="utf-8"), (root / "README.md").read_text(encoding="utf-8")):
+        assert "1/6 by construction" not in text and "at most 1/6" in text
+
+
 def test_full_split_groups_come_before_subset_groups():
     def entry(model, selection, acc):
         return SimpleNamespace(

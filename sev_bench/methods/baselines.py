@@ -8,6 +8,10 @@ from .base import METHODS, ControlMethod, Param
 
 @METHODS.register("none")
 class NoControl(ControlMethod):
+    """One chat per event, the same for all six targets: its accuracy for an emotion is the model's natural
+    rate of it, and its overall accuracy is at most 1/6, (1 - the share of replies the scorer calls `none`) / 6
+    (exactly 1/6 only under a scorer without a `none` label)."""
+
     name = "none"
     kind = "prompt"
     description = "no emotion asked for (neutral system prompt): the model's natural emotion rate"
