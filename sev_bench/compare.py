@@ -138,8 +138,9 @@ def paired_rows(
 
 
 def _decoding(spec: dict) -> dict:
-    """The decoding settings of a run (without the chat template hash and the policy label)."""
-    return {k: v for k, v in spec["generation"].items() if k not in ("chat_template_sha256", "policy")}
+    """The decoding settings of a run (without the chat template's hash and inputs and the policy label)."""
+    not_decoding = ("chat_template_sha256", "chat_template_kwargs", "policy")
+    return {k: v for k, v in spec["generation"].items() if k not in not_decoding}
 
 
 def warnings_for(a: dict, b: dict) -> list[str]:
@@ -156,6 +157,9 @@ def warnings_for(a: dict, b: dict) -> list[str]:
     if _decoding(sa) != _decoding(sb):
         da, db = (json.dumps(_decoding(spec), sort_keys=True) for spec in (sa, sb))
         found.append(f"decoding differs: {da} vs {db}")
+    kwargs_a, kwargs_b = (spec["generation"].get("chat_template_kwargs") for spec in (sa, sb))
+    if kwargs_a != kwargs_b:
+        found.append(f"chat template inputs differ: {json.dumps(kwargs_a)} vs {json.dumps(kwargs_b)}")
     backend_a, backend_b = sa["backend"].get("name"), sb["backend"].get("name")
     if backend_a != backend_b:
         found.append(f"backends differ: {backend_a} vs {backend_b}")

@@ -318,7 +318,7 @@ def fluent_cell(block) -> dict | None:
     return cell if isinstance(cell, dict) and isinstance(cell.get("acc"), (int, float)) else None
 
 
-NOT_DECODING = ("chat_template_sha256", "policy")  # recorded beside the settings in spec.generation
+NOT_DECODING = ("chat_template_sha256", "chat_template_kwargs", "policy")  # beside the settings in spec.generation
 
 
 def decoding_settings(generation: dict) -> dict:

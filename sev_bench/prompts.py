@@ -15,6 +15,15 @@ NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 # The steering script's literal, unstripped system prompt (kept byte for byte for reproduction).
 STEERING_SYSTEM = "\n    Keep the reply to at most two sentences.\n    "
 
+# Fixed extra inputs of every chat-template render (`sev_bench.backends.hf.render_prompt`, which the HF and
+# vLLM backends, discovery and the fluency gate all use; the lm-eval task asks for them in `--model_args`).
+# Llama-3 templates put the day's date in the system header when no `date_string` is given, so a prompt
+# would change with the day it runs, and neither resume nor the caches would notice. This is the date the
+# Llama-3 template itself falls back to. Templates that do not read it (ChatML: SmolLM2, Qwen2) ignore it.
+# Recorded in every result (`spec.generation.chat_template_kwargs`) and in the run identity.
+DATE_STRING = "26 Jul 2024"
+CHAT_TEMPLATE_KWARGS: dict[str, str] = {"date_string": DATE_STRING}
+
 # The paper's GPT-4o-mini judge (section 4).
 JUDGE_SYSTEM = (
     "You are a careful rater.\nGiven a target emotion and a text,\n"

@@ -18,6 +18,9 @@ from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
 
 SCHEMA_VERSION = "1.0"
+# Identity keys added after runs were published: a run dir whose run.json lacks one of them (and that
+# otherwise matches) still resumes, with its run.json unchanged; `RunDir.legacy_keys` lists what it lacks.
+IDENTITY_ADDED_KEYS = ("chat_template_kwargs",)
 SAMPLE_FIELDS = (
     "id",
     "skeleton_id",
@@ -41,9 +44,12 @@ class RunDir:
         self.identity_path = self.path / "run.json"
         self.results_path = self.path / "results.json"
         self.summary_path = self.path / "summary.md"
+        self.legacy_keys: list[str] = []  # IDENTITY_ADDED_KEYS that this dir's run.json predates
 
     def start(self, identity: dict) -> None:
-        """Claim the dir for a run with `identity`, or confirm it is the same run (resume)."""
+        """Claim the dir for a run with `identity`, or confirm it is the same run (resume). A run.json that
+        lacks keys of IDENTITY_ADDED_KEYS is compared without them (the run predates them): kept as it is
+        when samples exist, rewritten with the full identity when none do."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output-dir {self.path} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -52,6 +58,17 @@ class RunDir:
                 previous = json.loads(self.identity_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 raise UserError(f"{self.identity_path} is unreadable; use a new --output-dir") from None
+            if not isinstance(previous, dict):
+                raise UserError(f"{self.identity_path} is unreadable; use a new --output-dir")
+            full = identity
+            legacy = [k for k in IDENTITY_ADDED_KEYS if k in identity and k not in previous]
+            if legacy:
+                identity = {k: v for k, v in identity.items() if k not in legacy}
+                if self._sample_files() or self.results_path.exists():
+                    self.legacy_keys = legacy
+                elif previous == json.loads(json.dumps(identity)):  # nothing made yet: start it afresh
+                    write_json_atomic(self.identity_path, full)
+                    return
             if previous != json.loads(json.dumps(identity)):
                 changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
                 raise UserError(

@@ -22,8 +22,8 @@ from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency, fluency_records
 from .methods import MethodConfig, resolve_method
 from .methods.base import PrepareContext
 from .metrics import fluent_accuracy, grouped_accuracy
-from .prompts import EMOTIONS, VALENCES
-from .results import SCHEMA_VERSION, RunDir, load_results, summary_markdown
+from .prompts import CHAT_TEMPLATE_KWARGS, EMOTIONS, VALENCES
+from .results import IDENTITY_ADDED_KEYS, SCHEMA_VERSION, RunDir, load_results, summary_markdown
 
 SPLITS = ("train", "dev", "test")
 
@@ -112,7 +112,10 @@ def _slug(text: str) -> str:
 
 
 def default_output_dir(identity: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    # Keys added to the identity later are left out of the digest, so a command rerun without --output-dir
+    # still finds (and resumes) the default dir of a run started before they existed.
+    hashed = {k: v for k, v in identity.items() if k not in IDENTITY_ADDED_KEYS}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
     name = f"{identity['method']['name']}_{_slug(identity['model'])}_{identity['split']}_{digest}"
     return Path("sev-bench-runs") / name
 
@@ -246,6 +249,9 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "seed": request.seed,
         # hf runs keep their identity (and run dirs) of before the vllm backend existed
         **({"backend": request.backend} if request.backend != "hf" else {}),
+        # the fixed chat-template inputs (no date of the day); a run dir started before they were recorded
+        # resumes without them (RunDir.start), unless its template reads them (checked below)
+        "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS),
     }
     run_dir = RunDir(request.output_dir or default_output_dir(identity))
     run_dir.start(identity)
@@ -276,6 +282,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
     )
     loaded = generator.loaded
     timings["model_load_s"] = time.perf_counter() - load_start
+    _check_legacy_template(run_dir, loaded.tokenizer, bool(done) and bool(todo))
     artifact = None
     if todo or (method_config.method.kind != "prompt" and previous is None):  # its sha256 goes in the results
         prepare_start = time.perf_counter()
@@ -427,7 +434,29 @@ def _artifact_info(artifact) -> dict | None:
 
 def _template_info(generator) -> dict:
     template = generator.loaded.tokenizer.chat_template or ""
-    return {"chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}
+    return {
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+        "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS),
+    }
+
+
+def _template_reads(template, names) -> list[str]:
+    """The names among `names` that a chat template (a string, or a dict of named templates) mentions."""
+    text = json.dumps(template) if isinstance(template, dict) else str(template or "")
+    return [name for name in names if name in text]
+
+
+def _check_legacy_template(run_dir: RunDir, tokenizer, resuming: bool) -> None:
+    """A run dir started before the chat-template inputs were fixed resumes only when its template does not
+    read them: otherwise its earlier prompts carried the date of the day they ran, and new ones would not."""
+    if not resuming or "chat_template_kwargs" not in run_dir.legacy_keys:
+        return
+    read = _template_reads(getattr(tokenizer, "chat_template", None), CHAT_TEMPLATE_KWARGS)
+    if read:
+        raise UserError(
+            f"--output-dir {run_dir.path} was started before sev-bench fixed the chat template's {read[0]}, which "
+            "this model's template reads (its earlier prompts carry the day they ran); use a new --output-dir"
+        )
 
 
 def _predicted_share(samples: list[dict]) -> dict[str, float]:

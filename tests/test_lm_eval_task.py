@@ -16,7 +16,7 @@ from sev_bench.backends.hf import GenerationConfig, HFGenerator, render_prompt
 from sev_bench.data import load_sev
 from sev_bench.methods import resolve_method
 from sev_bench.models import load_model
-from sev_bench.prompts import VALENCES
+from sev_bench.prompts import CHAT_TEMPLATE_KWARGS, VALENCES
 from sev_bench.scoring import load_scorer
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra: pip install -e '.[dev]'")
@@ -42,7 +42,8 @@ def lm_eval_run(tmp_path_factory, sev_data_dir):
         "--model",
         "hf",
         "--model_args",
-        f"pretrained={model_dir},dtype=float32",
+        # JSON: lm-eval's key=value form cannot carry a dict; chat_template_args gives sev-bench's fixed inputs
+        json.dumps({"pretrained": str(model_dir), "dtype": "float32", "chat_template_args": CHAT_TEMPLATE_KWARGS}),
         "--include_path",
         str(REPO / "tasks"),
         "--tasks",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..models import LoadedModel
+from ..prompts import CHAT_TEMPLATE_KWARGS
 
 Messages = list[dict[str, str]]
 
@@ -37,7 +38,9 @@ class Encoded:
 
 
 def render_prompt(tokenizer, messages: Messages) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The prompt text of a chat: the tokenizer's chat template with the generation prompt and the fixed
+    template inputs (`prompts.CHAT_TEMPLATE_KWARGS`: no date that changes with the day it runs)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -89,6 +92,9 @@ class HFGenerator:
                 top_p=None,
                 top_k=None,
                 **settings,
+                # Always on, whatever the model's generation_config says: interventions tell the prompt
+                # (a call that starts with an empty cache) from generated tokens by the KV cache.
+                use_cache=True,
             )
         new_tokens = output[:, encoded.input_ids.shape[1] :]
         lengths, ended = _reply_lengths(new_tokens, settings_eos(self.loaded))

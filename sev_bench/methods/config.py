@@ -8,6 +8,9 @@ A method config is a small YAML file:
     generation: {...}          # decoding settings (greedy always): max_new_tokens, min_new_tokens,
                                # repetition_penalty, no_repeat_ngram_size
 
+`use_cache: false` (in `generation`, `params`, at the top level or as `--set use_cache=false`) is refused:
+generation keeps the KV cache on, because interventions tell prompt and generated positions apart by it.
+
 `NAME` is looked up as `./methods/NAME.yaml` (your own configs), then in the configs shipped with
 sev-bench (inside the wheel, or `methods/` of a source checkout), then as a registered method name
 with its defaults (third-party plug-ins).
@@ -48,7 +51,7 @@ class MethodConfig:
 
     @property
     def decoding_policy(self) -> str:
-        """"benchmark-default" (greedy, max_new_tokens 100, nothing else: the same for every method) or
+        """ "benchmark-default" (greedy, max_new_tokens 100, nothing else: the same for every method) or
         "method-declared" (the config asked for its own, e.g. a repetition penalty)."""
         return "method-declared" if self.generation_declared else "benchmark-default"
 
@@ -98,6 +101,9 @@ def _read_yaml(path: Path) -> dict:
         raise UserError(f"method config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("method"), str):
         raise UserError(f"method config {path} must be a mapping with a 'method' key naming an implementation")
+    if "use_cache" in data:
+        _refuse_cache_off(data["use_cache"], f"method config {path}: use_cache")
+        data = {k: v for k, v in data.items() if k != "use_cache"}
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
         raise UserError(f"method config {path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(CONFIG_KEYS))}")
@@ -114,8 +120,21 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     return overrides
 
 
+def _refuse_cache_off(value: Any, where: str) -> None:
+    """`use_cache: false` turns the KV cache off; generation must keep it (`true`, the default, is accepted
+    and changes nothing)."""
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes")):
+        return
+    raise UserError(
+        f"{where}: use_cache={value!r} is refused: generation keeps the KV cache on, because interventions tell "
+        "prompt and generated positions apart by it"
+    )
+
+
 def _generation(settings: dict | None, where: str) -> GenerationConfig:
     settings = dict(settings or {})
+    if "use_cache" in settings:
+        _refuse_cache_off(settings.pop("use_cache"), f"{where}: generation.use_cache")
     for key, value in settings.items():
         expected = GENERATION_KEYS.get(key)
         if expected is None:
@@ -154,6 +173,12 @@ def resolve_method(name_or_path: str, overrides: list[str] | None = None) -> Met
     yaml_params = data.get("params") or {}
     if not isinstance(yaml_params, dict):
         raise UserError(f"method config {source}: 'params' must be a mapping")
+    # the KV cache cannot be turned off from a config's params or a --set either
+    if "use_cache" in yaml_params and "use_cache" not in implementation.params:
+        _refuse_cache_off(yaml_params["use_cache"], f"method config {source}: params.use_cache")
+        yaml_params = {k: v for k, v in yaml_params.items() if k != "use_cache"}
+    if "use_cache" in cli_overrides and "use_cache" not in implementation.params:
+        _refuse_cache_off(cli_overrides.pop("use_cache"), "--set use_cache")
     method = implementation(**{**yaml_params, **cli_overrides})
     generation = _generation(data.get("generation"), f"method config {source}")
     description = data.get("description") or implementation.description

@@ -5,7 +5,11 @@
   (themes interleaved, see `sev_bench.runner.select_rows`), with the chat of a sev-bench method (default
   `prompting`) split into `system` (the task's `description`) and `user` (`doc_to_text`). With
   `--apply_chat_template`, lm-eval sends exactly [system, user] through the tokenizer's chat template with
-  the generation prompt, which is the prompt sev-bench's HF backend renders.
+  the generation prompt, which is the prompt sev-bench's HF backend renders, given sev-bench's fixed template
+  inputs: `--model_args '{"pretrained": ..., "chat_template_args": {"date_string": "26 Jul 2024"}}'`
+  (`sev_bench.prompts.CHAT_TEMPLATE_KWARGS`; without it a Llama-3 template writes the day's date into the
+  prompt). lm-eval hands the model arguments to `load_docs`, which refuses to build the docs when they are
+  missing or differ.
 - `process_results`: scores the reply with a sev-bench scorer (default: sev-bench's default scorer; choose another with
   `--metadata '{"scorer": "NAME"}'`); `acc` is 1 when the scorer's argmax is the target emotion.
 """
@@ -25,7 +29,9 @@ def load_docs(
     **_metadata,
 ):
     """A DatasetDict with splits train / dev / test of SEV rows (one valence, or all), ready for lm-eval.
-    Extra keyword arguments (lm-eval passes the model arguments and `--metadata` here) are ignored."""
+    lm-eval passes the model arguments and `--metadata` here as keyword arguments: `chat_template_args` must
+    carry sev-bench's fixed chat-template inputs; the others are ignored."""
+    check_chat_template_args(_metadata.get("chat_template_args"))
     from datasets import Dataset, DatasetDict
 
     from sev_bench.data import load_sev
@@ -58,6 +64,22 @@ def load_docs(
             )
         splits[split] = Dataset.from_list(docs)
     return DatasetDict(splits)
+
+
+def check_chat_template_args(given) -> None:
+    """Refuse model arguments whose `chat_template_args` lack sev-bench's fixed template inputs (or change
+    them): the prompts would then differ from sev-bench's, on a Llama-3 template by the day they run."""
+    import json
+
+    from sev_bench.prompts import CHAT_TEMPLATE_KWARGS
+
+    given = given if isinstance(given, dict) else {}
+    if any(given.get(key) != value for key, value in CHAT_TEMPLATE_KWARGS.items()):
+        wanted = json.dumps(CHAT_TEMPLATE_KWARGS, separators=(",", ":"))
+        raise ValueError(
+            f'sev tasks render sev-bench\'s prompts: add "chat_template_args": {wanted} to --model_args (JSON) '
+            f"(got chat_template_args={json.dumps(given, separators=(',', ':')) if given else 'none'})"
+        )
 
 
 @cache
