@@ -433,7 +433,7 @@ sev_bench/leaderboard.py, or the runs, and rebuild). -->
 
 Emotion-expression accuracy (%) of chat-model control methods on the SEV **test** split: the share of
 replies whose scorer-predicted emotion is the target, per valence context of the event (positive /
-neutral / negative) and per target emotion, with the 95% Wilson interval after the overall figure. One
+neutral / negative) and per target emotion, with the 95% Wilson interval after each overall figure. One
 table per model (and per subset, when a run covers only part of the split).
 
 **Ranked by fluent accuracy** (`metrics.accuracy_fluent`): a reply counts as a hit only if it expresses the
@@ -442,6 +442,7 @@ bound), so a method cannot win by breaking the text. Raw accuracy (`metrics.accu
 alone) stands beside it; per valence and per emotion each cell reads "fluent / raw". "fluent replies" is
 the share of replies that pass the gate. A run without fluency records shows "-" for fluent accuracy and
 ranks after every run that has them (among themselves, by raw accuracy).
+
 **decoding** is the run's generation settings; *own* marks a method that declared decoding other than the
 benchmark's (greedy, {max_new_tokens} new tokens), so its figures are not strictly comparable. The scorer
 column gives the scorer id, the first 12 hex digits of its sha256 and its measured agreement with the
@@ -451,9 +452,11 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
 
 ## Notes
 
-- Each folder is one `sev-bench run` output dir, committed as it was written except for one change:
+- Each folder is one `sev-bench run` output dir, committed as it was written except for two changes:
   `samples.jsonl` here has no `messages` field, because those chats quote the SEV scenarios and events
-  verbatim and SEV's licence is unstated (sev-bench never redistributes SEV). Each sample keeps its `id`
+  verbatim and SEV's licence is unstated (sev-bench never redistributes SEV); and `summary.md` was written
+  again from the run's own `results.json` when summaries began to lead with fluent accuracy (the
+  change left `results.json` and `samples.jsonl` untouched). Each sample keeps its `id`
   (`skeleton__valence__emotion`), so `sev-bench run` with the same method rebuilds the exact chat; the
   command of each run is listed under its table (as recorded in `spec.command`; a sharded run records the
   shard that finished last).
