@@ -150,11 +150,10 @@ def reply_perplexities(
     Batching: the sequences (prompt + reply) are sorted by length, longest first, and RIGHT-padded, so
     every real token keeps the positions it has alone and padding only adds masked keys after it. The
     padded width is the sequence length rounded up to a multiple of `pad_multiple`, and a batch never
-    mixes widths. That makes the result independent of the batching: measured here in float32 on CPU, a
-    batch of 16 and one sequence at a time (`batch_size=1`) give bit-identical perplexities with the
-    model's own attention (SDPA or eager), whereas padding to each batch's own longest sequence does not
-    (the attention matmul reduces over the padded width in width-dependent blocks: about 1e-7 relative).
-    Against a forward of the unpadded sequence the difference is of that size too.
+    mixes widths. That makes the result independent of the batching up to float32 rounding: a batch of 16
+    and one sequence at a time (`batch_size=1`) agree to within about 1e-6 relative (bit-identical on some
+    CPUs; on others the matmul kernels block a 16-row batch differently from one row), whereas padding to
+    each batch's own longest sequence adds width-dependent blocking in the attention's reduction too.
 
     The model must be unmodified: this refuses to run while any forward hook is registered on it (close
     the intervention session first)."""

@@ -56,6 +56,7 @@ BATCH_SIZE = 32
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
 WARMUP_SHARE = 0.06
+CLASS_WEIGHT_POWER = 1.0  # loss weight of a label: (n / (labels * n_label)) ** power; 1 = "balanced"
 TRAIN_MAX_TOKENS = 96  # GoEmotions comments and SEV replies are short; longer ones are cut in training only
 MAX_TOKENS = 256
 TRAIN_THREADS = 2
@@ -224,7 +225,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=TRAIN_MAX_TOKENS)["input_ids"]]
     counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
-    class_weights = len(labels) / (len(LABELS) * np.maximum(counts, 1.0))
+    class_weights = (len(labels) / (len(LABELS) * np.maximum(counts, 1.0))) ** CLASS_WEIGHT_POWER
 
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
