@@ -3,4 +3,4 @@ start-up)."""
 
 # The scorer every command uses unless told otherwise: the best one measured against the paper's judge
 # (README, "Scorers": the agreement and stress figures of each built-in scorer).
-DEFAULT_SCORER = "minilm-finetuned"
+DEFAULT_SCORER = "minilm-emotions"

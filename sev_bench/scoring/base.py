@@ -113,9 +113,7 @@ class Scorer(ABC):
         return path
 
     @classmethod
-    def load_trained(
-        cls, path: Path, train, how: str, data_dir=None, verbose: bool = True, loader=None, present=None
-    ):
+    def load_trained(cls, path: Path, train, how: str, data_dir=None, verbose: bool = True, loader=None, present=None):
         """The scorer saved at `path` (via `loader`, default `cls.from_file`, and `stale_reason()`), trained
         first with `train(data_dir, path)` when missing (`present(path)` false; default: `path` exists) or
         stale; a freshly trained scorer has its agreement with the paper's judge measured at once, so every
