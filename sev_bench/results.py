@@ -98,6 +98,7 @@ class RunDir:
         self.lock_path = self.path / ".lock"
         self._dir_lock: int | None = None
         self._shard_lock: int | None = None
+        self._alone = False  # this process holds the dir lock exclusively: no one else writes here
 
     # -- one writer at a time ----------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class RunDir:
             raise UserError(f"--output-dir {self.path} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
         self._dir_lock = _acquire(self.lock_path, (fcntl.LOCK_SH if shard else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        self._alone = shard is None
         if self._dir_lock is None:
             raise UserError(
                 f"--output-dir {self.path} is in use by another sev-bench run; wait for it to end "
@@ -128,17 +130,29 @@ class RunDir:
         if self._dir_lock is None:
             print(f"waiting for the other shards' processes to let go of {self.path} ...", file=sys.stderr, flush=True)
             self._dir_lock = _acquire(self.lock_path, fcntl.LOCK_EX)
+        self._alone = True
 
     def release(self) -> None:
         for fd in (self._shard_lock, self._dir_lock):
             if fd is not None:
                 os.close(fd)  # closing drops the lock
         self._dir_lock = self._shard_lock = None
+        self._alone = False
+
+    def tidy(self) -> None:
+        """In a complete run: no lock files left (this process's, or those of a process killed after it
+        wrote results.json), nor temporary files; once no other process is in the dir."""
+        if not self._alone:
+            self.lock_alone()
+        self._remove_locks()
+
+    def _leftovers(self) -> list[Path]:
+        return [*self.path.glob(".shard-*.lock"), *self.path.glob(".*.tmp")]
 
     def _remove_locks(self) -> None:
         """Once the run is complete (and this process holds it alone): no lock files left in it (a process
         waiting on one retries, see `_acquire`), nor temporary files of atomic writes cut off by a kill."""
-        for path in [*self.path.glob(".shard-*.lock"), *self.path.glob(".*.tmp")]:
+        for path in self._leftovers():
             path.unlink(missing_ok=True)
         self.lock_path.unlink(missing_ok=True)
 
@@ -189,10 +203,9 @@ class RunDir:
         every file when it holds the dir alone) is cleaned: a torn last line is cut off and damaged lines
         go to `samples.damaged.jsonl`, with a note on stderr. Other files are read, skipping the damage."""
         done: dict[str, dict] = {}
-        alone = self._dir_lock is not None and self._shard_lock is None
         for path in self._sample_files():
             valid, damaged, torn = read_sample_file(path)
-            if path == own or alone:
+            if path == own or self._alone:
                 self._repair(path, valid, damaged, torn)
             for record, _ in valid:
                 done.setdefault(record["id"], record)

@@ -286,6 +286,7 @@ def _run_in(
     todo = [row for row in rows if row["id"] not in done and in_shard(row, request.shard)]
     previous = load_results(run_dir.path) if not todo and run_dir.results_path.exists() else None
     if previous is not None and "fluency" in previous["metrics"]:
+        run_dir.tidy()
         print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
         return previous, run_dir.path
 
