@@ -10,7 +10,7 @@ it and each holds its own shard's lock), and a second writer is refused. A kill 
 last line in a samples file: it is dropped on resume (that sample is redone). Any other unreadable
 line (not JSON, not a sample, an id written twice) is moved to `samples.damaged.jsonl`, with a note
 on stderr; every valid sample is kept. `results.json` and `summary.md` are written atomically and only
-when every sample is in; the lock files go once `results.json` is there.
+when every sample is in. The last process to leave the dir removes the lock files.
 """
 
 from __future__ import annotations
@@ -109,12 +109,12 @@ class RunDir:
             raise UserError(f"--output-dir {self.path} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
         self._dir_lock = _acquire(self.lock_path, (fcntl.LOCK_SH if shard else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        self._alone = shard is None
         if self._dir_lock is None:
             raise UserError(
                 f"--output-dir {self.path} is in use by another sev-bench run; wait for it to end "
                 "(then rerun to resume) or use a new --output-dir"
             )
+        self._alone = shard is None
         if shard is not None:
             index, count = shard
             self._shard_lock = _acquire(self.path / f".shard-{index}-of-{count}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,26 +133,19 @@ class RunDir:
         self._alone = True
 
     def release(self) -> None:
+        """Let go of the dir. A process that held it alone removes the lock files first (the next writer
+        makes new ones), and temporary files of atomic writes cut off by a kill."""
+        if self._alone:
+            self._remove_locks()
         for fd in (self._shard_lock, self._dir_lock):
             if fd is not None:
                 os.close(fd)  # closing drops the lock
         self._dir_lock = self._shard_lock = None
         self._alone = False
 
-    def tidy(self) -> None:
-        """In a complete run: no lock files left (this process's, or those of a process killed after it
-        wrote results.json), nor temporary files; once no other process is in the dir."""
-        if not self._alone:
-            self.lock_alone()
-        self._remove_locks()
-
-    def _leftovers(self) -> list[Path]:
-        return [*self.path.glob(".shard-*.lock"), *self.path.glob(".*.tmp")]
-
     def _remove_locks(self) -> None:
-        """Once the run is complete (and this process holds it alone): no lock files left in it (a process
-        waiting on one retries, see `_acquire`), nor temporary files of atomic writes cut off by a kill."""
-        for path in self._leftovers():
+        """Only while holding the dir alone: a process waiting on a removed lock file retries (`_acquire`)."""
+        for path in [*self.path.glob(".shard-*.lock"), *self.path.glob(".*.tmp")]:
             path.unlink(missing_ok=True)
         self.lock_path.unlink(missing_ok=True)
 
@@ -227,8 +220,7 @@ class RunDir:
                 file=sys.stderr,
             )
         if torn:
-            print(f"sev-bench: {path}: a torn last line (a write cut off by a kill) dropped; that reply is made again",
-                  file=sys.stderr)
+            print(f"sev-bench: {path}: dropped a torn last line (a write cut off by a kill)", file=sys.stderr)
 
     def append(self, records: list[dict], path: Path | None = None) -> None:
         """Append finished samples durably (one write, flushed and fsynced)."""
@@ -251,7 +243,6 @@ class RunDir:
                 path.unlink()
         write_text_atomic(self.summary_path, summary)
         write_json_atomic(self.results_path, results)
-        self._remove_locks()
 
 
 def _acquire(path: Path, operation: int) -> int | None:

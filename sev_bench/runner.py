@@ -286,7 +286,8 @@ def _run_in(
     todo = [row for row in rows if row["id"] not in done and in_shard(row, request.shard)]
     previous = load_results(run_dir.path) if not todo and run_dir.results_path.exists() else None
     if previous is not None and "fluency" in previous["metrics"]:
-        run_dir.tidy()
+        if request.shard is not None:  # alone, it removes the lock files on leaving (see RunDir.release)
+            run_dir.lock_alone()
         print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
         return previous, run_dir.path
 

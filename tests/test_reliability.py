@@ -157,6 +157,15 @@ def test_an_empty_reply_is_none_and_never_correct():
     assert results[2]["correct"] is True
 
 
+def test_score_counts_empty_texts(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    rows = [{"text": "", "target_emotion": "anger"}, {"text": "so angry", "target_emotion": "anger"}]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["score", str(source), "-o", str(tmp_path / "out.jsonl"), "--scorer", "test-keywords"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["empty"] == 1 and summary["correct"] == 1
+
+
 def test_an_empty_reply_never_reaches_the_judge(tmp_path):
     server = FakeServer()
     try:
@@ -266,6 +275,7 @@ def test_judge_errors_never_carry_the_key(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEV_BENCH_JUDGE_API_KEY", SECRET)
     monkeypatch.setenv("SEV_BENCH_CACHE", str(tmp_path / "cache"))
     server = FakeServer()
+
     def echo(body, n):
         return 400, f"<raw>invalid request; Authorization: {server.requests[n - 1]['headers']['Authorization']}"
 

@@ -136,11 +136,14 @@ def read_artifact(path: str | Path, artifact_format: str, tensors_file: str, com
     return load_file(str(tensor_path)), metadata
 
 
+UNSEALED = ("sha256", "timings")  # the seal itself, and wall times (a rerun of the same discovery differs there)
+
+
 def artifact_sha256(metadata: dict) -> str:
-    """An artifact's identity: one sha256 over its metadata (which holds its tensors file's sha256), all
-    but this field itself, so neither the tensors nor the metadata (the model it was made for, its
-    inputs) can change without it."""
-    body = {key: value for key, value in metadata.items() if key != "sha256"}
+    """An artifact's identity: one sha256 over its metadata (which holds its tensors file's sha256) but
+    the UNSEALED fields, so neither the tensors nor what the metadata says of them (the model they were
+    made for, their inputs) can change without it."""
+    body = {key: value for key, value in metadata.items() if key not in UNSEALED}
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
 
 
