@@ -38,6 +38,8 @@ SAMPLE_FIELDS = (
     "probs",
     "correct",
 )
+# What a resumed run needs of a sample line; `messages` may be missing (the leaderboard's copies drop it).
+RESUME_FIELDS = tuple(field for field in SAMPLE_FIELDS if field != "messages")
 DAMAGED_FILE = "samples.damaged.jsonl"
 
 
@@ -48,7 +50,7 @@ def sample_lines(records: list[dict]) -> str:
 def _is_sample(record) -> bool:
     return (
         isinstance(record, dict)
-        and all(key in record for key in SAMPLE_FIELDS)
+        and all(key in record for key in RESUME_FIELDS)
         and isinstance(record["id"], str)
         and isinstance(record["completion"], str)
         and isinstance(record["correct"], bool)

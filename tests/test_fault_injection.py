@@ -174,6 +174,7 @@ def test_a_kill_at_any_write_of_a_sharded_run_loses_and_duplicates_nothing(tmp_p
         assert _wait(_child(out, SHARDS, _Faults(at))) == -signal.SIGKILL, f"event {at} was not reached"
         _run_sequence(out, SHARDS)
         assert _files(out) == reference, f"after a kill at write event {at}"
+    print(f"{events} write events, each a kill point")
 
 
 def test_random_kills_over_many_short_runs(tmp_path, reference):

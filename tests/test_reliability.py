@@ -232,6 +232,16 @@ def test_resume_keeps_valid_samples_and_sets_damaged_lines_aside(finished_run, t
     assert resumed["metrics"] == results["metrics"]
 
 
+def test_samples_without_messages_are_not_damage(finished_run, tmp_path, capsys):
+    """The leaderboard's copies of runs drop `messages`: resuming into one keeps every sample."""
+    copy = _copy(finished_run[1], tmp_path / "run")
+    stripped = [{k: v for k, v in sample.items() if k != "messages"} for sample in _samples(copy)]
+    (copy / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in stripped))
+    results, _ = run(_request(tmp_path))
+    assert "damaged" not in capsys.readouterr().err and not (copy / "samples.damaged.jsonl").exists()
+    assert results == finished_run[0]
+
+
 # -- 6. check on a results file without metrics ----------------------------------------------------------
 
 
