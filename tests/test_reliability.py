@@ -205,10 +205,12 @@ def test_a_run_that_fails_its_checks_leaves_the_dir_free(tmp_path, capsys):
 def test_a_steering_run_with_bad_parameters_leaves_the_dir_free(tmp_path, capsys):
     steering = ["--method", "steering", "--model", "tiny-random-qwen2", "--limit", "6", "--scorer", "test-keywords"]
     steering += ["--no-progress", "--threads", "1", "--set", "discovery_limit=48", "--output-dir", str(tmp_path / "r")]
-    for bad in ("layers=50-90", f"directions={tmp_path / 'no-directions'}"):
-        assert main(["run", *steering, "--set", bad]) == 2, bad
-        _one_line_error(capsys)
-        assert not (tmp_path / "r" / "run.json").exists(), bad
+    assert main(["run", *steering, "--set", "layers=50-90"]) == 2
+    assert capsys.readouterr().err.strip() == "sev-bench: error: layers='50-90': this model has layers 0..3"
+    assert not (tmp_path / "r" / "run.json").exists()
+    assert main(["run", *steering, "--set", f"directions={tmp_path / 'no-directions'}"]) == 2
+    assert "no metadata.json" in _one_line_error(capsys)
+    assert not (tmp_path / "r" / "run.json").exists()
     assert main(["run", *steering, "--set", "layers=0-1"]) == 0
 
 
