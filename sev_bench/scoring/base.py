@@ -32,7 +32,8 @@ def is_empty_reply(text) -> bool:
 class Scorer(ABC):
     """Base class of emotion scorers. Subclasses set `name`, `description` and `labels`, implement
     `predict_proba` and the classmethod `load`, and either set `weights_path` (the saved weights file,
-    whose sha256 is the scorer's identity) or override `sha256`."""
+    whose sha256 is the scorer's identity) or override `sha256`. A scorer that does not score by argmax
+    (the judge) overrides `score_texts`; `score` itself keeps the rules every scorer shares."""
 
     name: ClassVar[str]
     description: ClassVar[str]
