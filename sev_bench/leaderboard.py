@@ -442,16 +442,17 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
    methods` lists it once installed). Keep the benchmark's decoding (greedy, {max_new_tokens} new tokens) unless
    the method needs its own; then it is marked *own* here.
 2. **Commit the run dir** under `leaderboards/<model>/<name>/`: `results.json` (required; it holds the
-   spec and metrics), `samples.jsonl` (strongly recommended: without it the metrics cannot be checked) with
+   spec and metrics), `samples.jsonl` (required too: the metrics are checked against it) with
    the `messages` field removed, and `run.json` / `summary.md` as written. Nothing else is read, and the
    build never imports the method: a plug-in's package need not be installed where the board is built.
 3. **Build**: `sev-bench leaderboard build` (add `--strict` to fail on any refused run). A run dir is
    refused, with a one-line reason in the "Refused" list below and on stderr, when its `results.json`
-   - is not valid JSON or has an unknown `schema_version` (this build reads `{schema_version}`);
+   - is not valid JSON (`NaN` and `Infinity` are not) or has an unknown `schema_version` (this build reads
+     `{schema_version}`);
    - misses a field or breaks a type of `sev_bench/schema/results.schema.json`;
    - was made on another split than `test`, or on SEV files whose sha256 (or commit) is not the pinned
      release's (`sev_bench/data.py`: {sha_list});
-   - states metrics that do not match its own `samples.jsonl` (accuracy is recomputed from the samples
+   - has no `samples.jsonl`, or states metrics that do not match it (accuracy is recomputed from the samples
      with `sev_bench.metrics.grouped_accuracy`: every `n` and `correct`, and `acc` / `ci95` to 1e-9;
      sample ids unique, `correct` equal to `predicted_emotion == target_emotion`).
 4. Open a pull request with the run dir and the rebuilt `README.md`, `leaderboard.csv`, `index.html` and
