@@ -10,7 +10,9 @@ printed as notes: catching such changes is the point of the check.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .compare import _decoding
 from .errors import UserError
@@ -72,11 +74,31 @@ def _notes(run: dict, base: dict) -> list[str]:
     return notes
 
 
+def _refuse_repeated_ids(path, results: dict) -> None:
+    """A samples file with an id twice (two runs wrote into one dir) means figures that count replies twice."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    samples_path = folder / Path(str(results.get("samples_file", "samples.jsonl"))).name
+    if not samples_path.is_file():
+        return
+    seen = set()
+    with open(samples_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                sample_id = json.loads(line).get("id") if line.strip() else None
+            except (ValueError, AttributeError):
+                raise UserError(f"{samples_path} line {number}: not a sample record") from None
+            if sample_id is not None and sample_id in seen:
+                raise UserError(f"{samples_path} line {number}: sample id {sample_id!r} is there twice")
+            seen.add(sample_id)
+
+
 def check(results_path, baseline_path, tolerance: float) -> CheckReport:
     if not 0.0 <= tolerance <= 1.0:
         raise UserError(f"--tolerance {tolerance} is outside [0, 1] (accuracy is a share, e.g. 0.05 = 5 points)")
     run = load_results(results_path)
     base = load_results(baseline_path)
+    for path, results in ((results_path, run), (baseline_path, base)):
+        _refuse_repeated_ids(path, results)
     _same_selection(run, base)
     groups = [("overall", run["metrics"]["accuracy"]["overall"], base["metrics"]["accuracy"]["overall"])]
     run_valence, base_valence = run["metrics"]["accuracy"]["by_valence"], base["metrics"]["accuracy"]["by_valence"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +17,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _finite(text: str) -> float:
+    """argparse type: a float, but not nan or inf (no threshold or strength means anything there)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +49,9 @@ def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--judge-concurrency", type=int, metavar="N", help="judge: parallel requests (8)")
     group.add_argument(
-        "--judge-max-failure-rate", type=float, metavar="R", help="judge: fail above this share of failures (0.02)"
+        "--judge-max-failure-rate", type=_finite, metavar="R", help="judge: fail above this share of failures (0.02)"
     )
-    group.add_argument("--judge-timeout", type=float, metavar="S", help="judge: seconds per request (60)")
+    group.add_argument("--judge-timeout", type=_finite, metavar="S", help="judge: seconds per request (60)")
 
 
 def _scorer_options(args) -> dict:
@@ -388,7 +400,7 @@ def _add_report_commands(commands) -> None:
     check.add_argument("results", help="the run to check: a run dir or its results.json")
     check.add_argument("--baseline", required=True, help="the baseline run dir or results.json")
     check.add_argument(
-        "--tolerance", type=float, required=True, help="largest allowed drop, absolute in [0, 1] (0.05 = 5 points)"
+        "--tolerance", type=_finite, required=True, help="largest allowed drop, absolute in [0, 1] (0.05 = 5 points)"
     )
 
 
@@ -463,8 +475,8 @@ def _add_discovery_commands(commands) -> None:
     circuit.add_argument("--limit", type=int, help="only the first N train rows, themes interleaved")
     circuit.add_argument("--accept", default="all", choices=("all", "scorer"), help="as for `discover directions`")
     circuit.add_argument("--output-dir", help="artifact dir (default: the cache, keyed by model and inputs)")
-    circuit.add_argument("--budget-per-sublayer", type=float, default=10.0, help="K_total = this x 2 x layers (10)")
-    circuit.add_argument("--neuron-share", type=float, default=0.7, help="share of the budget for neurons (0.7)")
+    circuit.add_argument("--budget-per-sublayer", type=_finite, default=10.0, help="K_total = this x 2 x layers (10)")
+    circuit.add_argument("--neuron-share", type=_finite, default=0.7, help="share of the budget for neurons (0.7)")
     circuit.add_argument(
         "--rows-per-pass", type=int, default=128, help="prompt copies per batched forward pass (128; more on a GPU)"
     )

@@ -52,10 +52,13 @@ def load_run(path: str | Path) -> LoadedRun:
                 continue
             try:
                 record = json.loads(line)
-                samples.setdefault(record["id"], record)
+                sample_id = record["id"]
                 bool(record["correct"]), record["valence"], record["target_emotion"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"{samples_path} line {number}: not a sample record (id, valence, correct)") from None
+            if sample_id in samples:
+                raise UserError(f"{samples_path} line {number}: sample id {sample_id!r} is there twice")
+            samples[sample_id] = record
     spec = results["spec"]
     return LoadedRun(f"{spec['method']['name']} on {spec['model']['id']} ({run_dir})", results, samples)
 

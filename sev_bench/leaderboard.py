@@ -25,7 +25,7 @@ from .data import PINNED_COMMIT, SEV_FILES
 from .errors import UserError
 from .metrics import grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, reject_constant
 
 BENCHMARK_SPLIT = "test"
 FULL_SPLIT = f"full {BENCHMARK_SPLIT} split"  # the selection label of a run on the whole split
@@ -45,6 +45,7 @@ class Refused(Exception):
 class Entry:
     path: str  # run dir relative to the leaderboard dir, posix
     results: dict
+    # Always true since runs without samples are refused; kept so the README and CSV columns stay as they were.
     samples_checked: bool
     group: tuple[str, str] = field(init=False)
 
@@ -199,8 +200,8 @@ def read_samples(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line, parse_constant=reject_constant)
+            except ValueError:
                 raise Refused(f"{path.name} line {number} is not JSON") from None
             if not isinstance(record, dict):
                 raise Refused(f"{path.name} line {number} is not a JSON object")
@@ -228,10 +229,10 @@ def validate_run(run_dir: Path, root: Path | None = None) -> Entry:
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results = json.loads(results_path.read_text(encoding="utf-8"), parse_constant=reject_constant)
     except OSError as exc:
         raise Refused(f"results.json is unreadable ({exc.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(f"results.json is not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(results, dict):
         raise Refused("results.json is not a JSON object")
@@ -265,22 +266,22 @@ def validate_run(run_dir: Path, root: Path | None = None) -> Entry:
     if Path(samples_name).name != samples_name or samples_name in ("", ".", ".."):
         raise Refused(f"samples_file {samples_name!r} must be a file name inside the run dir")
     samples_path = run_dir / samples_name
-    checked = samples_path.is_file()
-    if checked:
-        samples = read_samples(samples_path)
-        if len(samples) != dataset["n"]:
-            raise Refused(f"{samples_name} has {len(samples)} samples, spec.dataset.n is {dataset['n']}")
-        difference = accuracy_difference(accuracy, grouped_accuracy(samples), "metrics.accuracy")
+    if not samples_path.is_file():  # then nothing backs its figures
+        raise Refused(f"no {samples_name}: the board ranks only runs whose figures their samples confirm")
+    samples = read_samples(samples_path)
+    if len(samples) != dataset["n"]:
+        raise Refused(f"{samples_name} has {len(samples)} samples, spec.dataset.n is {dataset['n']}")
+    difference = accuracy_difference(accuracy, grouped_accuracy(samples), "metrics.accuracy")
+    if difference:
+        raise Refused(f"metrics do not match {samples_name}: {difference}")
+    fluent = results["metrics"].get("accuracy_fluent")
+    if isinstance(fluent, dict) and "overall" in fluent and all(_fluent_flag(s) is not None for s in samples):
+        recomputed = grouped_accuracy({**s, "correct": bool(s["correct"]) and _fluent_flag(s)} for s in samples)
+        difference = accuracy_difference(fluent, recomputed, "metrics.accuracy_fluent")
         if difference:
             raise Refused(f"metrics do not match {samples_name}: {difference}")
-        fluent = results["metrics"].get("accuracy_fluent")
-        if isinstance(fluent, dict) and "overall" in fluent and all(_fluent_flag(s) is not None for s in samples):
-            recomputed = grouped_accuracy({**s, "correct": bool(s["correct"]) and _fluent_flag(s)} for s in samples)
-            difference = accuracy_difference(fluent, recomputed, "metrics.accuracy_fluent")
-            if difference:
-                raise Refused(f"metrics do not match {samples_name}: {difference}")
     relative = run_dir.relative_to(root).as_posix() if root is not None else run_dir.name
-    return Entry(relative, results, checked)
+    return Entry(relative, results, samples_checked=True)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -489,16 +490,17 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
    methods` lists it once installed). Keep the benchmark's decoding (greedy, {max_new_tokens} new tokens) unless
    the method needs its own; then it is marked *own* here.
 2. **Commit the run dir** under `leaderboards/<model>/<name>/`: `results.json` (required; it holds the
-   spec and metrics), `samples.jsonl` (strongly recommended: without it the metrics cannot be checked) with
+   spec and metrics), `samples.jsonl` (required too: the metrics are checked against it) with
    the `messages` field removed, and `run.json` / `summary.md` as written. Nothing else is read, and the
    build never imports the method: a plug-in's package need not be installed where the board is built.
 3. **Build**: `sev-bench leaderboard build` (add `--strict` to fail on any refused run). A run dir is
    refused, with a one-line reason in the "Refused" list below and on stderr, when its `results.json`
-   - is not valid JSON or has an unknown `schema_version` (this build reads `{schema_version}`);
+   - is not valid JSON (`NaN` and `Infinity` are not) or has an unknown `schema_version` (this build reads
+     `{schema_version}`);
    - misses a field or breaks a type of `sev_bench/schema/results.schema.json`;
    - was made on another split than `test`, or on SEV files whose sha256 (or commit) is not the pinned
      release's (`sev_bench/data.py`: {sha_list});
-   - states metrics that do not match its own `samples.jsonl` (accuracy is recomputed from the samples
+   - has no `samples.jsonl`, or states metrics that do not match it (accuracy is recomputed from the samples
      with `sev_bench.metrics.grouped_accuracy`: every `n` and `correct`, and `acc` / `ci95` to 1e-9;
      sample ids unique, `correct` equal to `predicted_emotion == target_emotion`).
 4. Open a pull request with the run dir and the rebuilt `README.md`, `leaderboard.csv`, `index.html` and

@@ -46,6 +46,21 @@ def grouped_accuracy(samples: Iterable[dict]) -> dict:
     }
 
 
+def predicted_share(samples: Sequence[dict]) -> dict[str, float]:
+    """Share of samples the scorer assigned to each label (every label any sample's `probs` lists, in the
+    order first seen: an empty reply adds `none` to a scorer's own labels)."""
+    labels: dict[str, None] = {}
+    for sample in samples:
+        labels.update(dict.fromkeys(sample["probs"]))
+    labels = labels or dict.fromkeys(EMOTIONS)
+    return {label: sum(s["predicted_emotion"] == label for s in samples) / len(samples) for label in labels}
+
+
+def empty_replies(samples: Iterable[dict]) -> int:
+    """How many samples have an empty or whitespace-only completion (scored `none`, never correct)."""
+    return sum(not sample["completion"].strip() for sample in samples)
+
+
 def cohen_kappa(a: Sequence, b: Sequence) -> float:
     """Cohen's kappa of two raters' labels over the same items (nan when chance agreement is 1)."""
     if len(a) != len(b):

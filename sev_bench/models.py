@@ -375,17 +375,55 @@ def convert_gguf(gguf_path: Path) -> tuple[Path, str]:
 ALIASES = ("smollm2-135m", QWEN_CODER_ALIAS, "tiny-random-qwen2", "tiny-random-llama")
 
 
+def check_model_spec(spec: str) -> None:
+    """A one-line UserError for a `--model` that cannot load, as far as names and paths tell (cheap:
+    called before a scorer loads). A hub id is checked against the local hub cache when offline."""
+    if spec.startswith("tiny-random-"):
+        if spec.removeprefix("tiny-random-") not in ("qwen2", "llama"):
+            raise UserError(f"unknown tiny model {spec!r}; known: tiny-random-qwen2, tiny-random-llama")
+        return
+    if spec in GGUF_ALIASES:
+        return
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"--model {spec}: no such GGUF file")
+    elif path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model {spec}: {path} is not a Hugging Face model dir (no config.json)")
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not "org/name"
+        raise UserError(f"--model {spec}: no such file or directory")
+    elif _hub_offline() and not _in_hub_cache(spec):
+        raise UserError(
+            f"--model {spec}: not an alias ({', '.join(ALIASES)}), a local dir or a GGUF file, and not in the "
+            "local hub cache (the hub is offline here)"
+        )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
 def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Load `spec` (alias, GGUF file, local dir or hub id) for generation, in eval mode."""
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    check_model_spec(spec)
 
     if spec.startswith("tiny-random-"):
-        family = spec.removeprefix("tiny-random-")
-        if family not in ("qwen2", "llama"):
-            raise UserError(f"unknown tiny model {spec!r}; known: tiny-random-qwen2, tiny-random-llama")
-        model, tokenizer = build_tiny_model(family)
+        model, tokenizer = build_tiny_model(spec.removeprefix("tiny-random-"))
         loaded = LoadedModel(model, tokenizer, spec, TINY_BUILDER_VERSION, "alias")
     else:
         path = Path(spec).expanduser()
@@ -393,16 +431,10 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedMo
             local_dir, digest = convert_gguf(GGUF_ALIASES[spec]())
             source, revision = "alias", f"gguf-sha256:{digest}"
         elif path.suffix == ".gguf":
-            if not path.is_file():
-                raise UserError(f"--model {spec}: no such GGUF file")
             local_dir, digest = convert_gguf(path)
             source, revision = "gguf", f"gguf-sha256:{digest}"
         elif path.exists():
-            if not (path / "config.json").is_file():
-                raise UserError(f"--model {spec}: {path} is not a Hugging Face model dir (no config.json)")
             local_dir, source, revision = path, "local", _local_revision(path)
-        elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not "org/name"
-            raise UserError(f"--model {spec}: no such file or directory")
         else:
             local_dir, source, revision = spec, "hub", "main"
         model, tokenizer = _from_pretrained(spec, local_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency
-from .metrics import fluent_accuracy, grouped_accuracy
+from .metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
 from .results import RunDir, load_results, summary_markdown
 from .scoring.base import Scorer
 
@@ -32,13 +32,16 @@ def read_samples(run_dir: Path, expected: int) -> list[dict]:
     path = run_dir / "samples.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir}: no samples.jsonl; rescore needs the run's saved replies")
-    samples = []
+    samples, seen = [], set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
             sample = json.loads(line)
             sample["completion"], sample["target_emotion"]  # noqa: B018  (both must be there)
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{path}:{number}: not a sev-bench sample (completion, target_emotion)") from None
+        if sample.get("id") in seen:
+            raise UserError(f"{path}:{number}: sample id {sample['id']!r} is there twice; not a clean run")
+        seen.add(sample.get("id"))
         samples.append(sample)
     if len(samples) != expected:
         raise UserError(f"{path} has {len(samples)} samples, its results.json counts {expected}; not a finished run")
@@ -89,10 +92,8 @@ def rescore(
     results["spec"]["scorer"] = scorer.info()
     metrics = results["metrics"]
     metrics["accuracy"] = grouped_accuracy(rescored)
-    labels = list(rescored[0]["probs"]) if rescored else list(scorer.labels)
-    metrics["predicted_share"] = {
-        label: sum(s["predicted_emotion"] == label for s in rescored) / len(rescored) for label in labels
-    }
+    metrics["predicted_share"] = predicted_share(rescored)
+    metrics["empty_replies"] = empty_replies(rescored)
     if all("fluency" in s for s in rescored):
         metrics["fluency"] = aggregate_fluency(rescored, DEFAULT_THRESHOLDS)
         metrics["accuracy_fluent"] = fluent_accuracy(rescored)
@@ -106,11 +107,13 @@ def rescore(
     results["samples_file"] = "samples.jsonl"
 
     target = RunDir(out)
-    if target.results_path.exists() or target.samples_path.exists():
-        raise UserError(f"--output-dir {out} already holds results; remove it or choose another")
-    if identity is not None:
-        target.start(identity)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-    target.finish(rescored, results, summary_markdown(results), rewrite_samples=True)
+    target.lock()
+    try:
+        if target.results_path.exists() or target.samples_path.exists():
+            raise UserError(f"--output-dir {out} already holds results; remove it or choose another")
+        if identity is not None:
+            target.claim(identity)
+        target.finish(rescored, results, summary_markdown(results), rewrite_samples=True)
+    finally:
+        target.release()
     return results, out

@@ -1,19 +1,27 @@
 """The run directory: versioned `results.json`, append-only `samples.jsonl`, `summary.md`.
 
-Resume contract: `run.json` (written when the run starts) pins the run's identity (method, params,
-model, scorer, data, generation settings); a rerun into the same dir with the same identity skips
-every sample already in `samples.jsonl` and appends the rest; a different identity is refused.
-A kill can leave at most a torn last line in `samples.jsonl`: it is dropped on resume (that sample is
-redone). `results.json` and `summary.md` are written atomically and only when every sample is in.
+Resume contract: `run.json` pins the run's identity (method, params, model, scorer, data, generation
+settings); it is written once the run's checks have passed and its model has loaded, so a run that
+fails before that leaves the dir free for the corrected command. A rerun into the same dir with the
+same identity skips every sample already written and appends the rest; a different identity is refused.
+
+One writer at a time: a run holds `.lock` in the dir (exclusively; the shards of a sharded run share
+it and each holds its own shard's lock), and a second writer is refused. A kill can leave at most a torn
+last line in a samples file: it is dropped on resume (that sample is redone). Any other unreadable
+line (not JSON, not a sample, an id written twice) is moved to `samples.damaged.jsonl`, with a note
+on stderr; every valid sample is kept. `results.json` and `summary.md` are written atomically and only
+when every sample is in. The last process to leave the dir removes the lock files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 
-from .atomic import write_json_atomic, write_text_atomic
+from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
 
@@ -33,6 +41,53 @@ SAMPLE_FIELDS = (
     "probs",
     "correct",
 )
+# What a resumed run needs of a sample line; `messages` may be missing (the leaderboard's copies drop it).
+RESUME_FIELDS = tuple(field for field in SAMPLE_FIELDS if field != "messages")
+DAMAGED_FILE = "samples.damaged.jsonl"
+
+
+def sample_lines(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+
+
+def _is_sample(record) -> bool:
+    return (
+        isinstance(record, dict)
+        and all(key in record for key in RESUME_FIELDS)
+        and isinstance(record["id"], str)
+        and isinstance(record["completion"], str)
+        and isinstance(record["correct"], bool)
+    )
+
+
+def read_sample_file(path: Path) -> tuple[list[tuple[dict, bytes]], list[bytes], bool]:
+    """(valid samples with their lines, damaged lines, whether the last line is torn). A line is damaged
+    when it is not JSON, not a sample object, or repeats an id of an earlier line of the file."""
+    valid, damaged, seen = [], [], set()
+    torn = False
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):  # appends are whole lines: only a kill mid-write leaves this
+                torn = True
+                break
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw, parse_constant=reject_constant)
+            except ValueError:
+                record = None
+            if not _is_sample(record) or record["id"] in seen:
+                damaged.append(raw)
+                continue
+            seen.add(record["id"])
+            valid.append((record, raw))
+    return valid, damaged, torn
+
+
+def reject_constant(name: str):
+    """`json.loads(..., parse_constant=reject_constant)`: NaN and Infinity, which Python writes but JSON
+    has not, are an error instead of a number."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class RunDir:
@@ -44,41 +99,100 @@ class RunDir:
         self.identity_path = self.path / "run.json"
         self.results_path = self.path / "results.json"
         self.summary_path = self.path / "summary.md"
+        self.damaged_path = self.path / DAMAGED_FILE
+        self.lock_path = self.path / ".lock"
+        self._dir_lock: int | None = None
+        self._shard_lock: int | None = None
+        self._alone = False  # this process holds the dir lock exclusively: no one else writes here
         self.legacy_keys: list[str] = []  # IDENTITY_ADDED_KEYS that this dir's run.json predates
+        self._rewrite_identity = False  # a run.json that predates those keys, in a dir with nothing made yet
 
-    def start(self, identity: dict) -> None:
-        """Claim the dir for a run with `identity`, or confirm it is the same run (resume). A run.json that
-        lacks keys of IDENTITY_ADDED_KEYS is compared without them (the run predates them): kept as it is
-        when samples exist, rewritten with the full identity when none do."""
+    # -- one writer at a time ----------------------------------------------------------------------
+
+    def lock(self, shard: tuple[int, int] | None = None) -> None:
+        """Take the dir for this process: alone, or (with `shard`) beside the other shards of the same
+        run, each shard taken by one process only. A second writer is a one-line UserError."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output-dir {self.path} exists and is not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = _acquire(self.lock_path, (fcntl.LOCK_SH if shard else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        if self._dir_lock is None:
+            raise UserError(
+                f"--output-dir {self.path} is in use by another sev-bench run; wait for it to end "
+                "(then rerun to resume) or use a new --output-dir"
+            )
+        self._alone = shard is None
+        if shard is not None:
+            index, count = shard
+            self._shard_lock = _acquire(self.path / f".shard-{index}-of-{count}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._shard_lock is None:
+                self.release()
+                raise UserError(f"shard {index}/{count} of --output-dir {self.path} is being run by another process")
+
+    def lock_alone(self) -> None:
+        """A shard's shared lock made exclusive (blocking until the other shards let go), to merge."""
+        fcntl.flock(self._dir_lock, fcntl.LOCK_UN)  # first, or two shards waiting for each other deadlock
+        os.close(self._dir_lock)
+        self._dir_lock = _acquire(self.lock_path, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if self._dir_lock is None:
+            print(f"waiting for the other shards' processes to let go of {self.path} ...", file=sys.stderr, flush=True)
+            self._dir_lock = _acquire(self.lock_path, fcntl.LOCK_EX)
+        self._alone = True
+
+    def release(self) -> None:
+        """Let go of the dir. A process that held it alone removes the lock files first (the next writer
+        makes new ones), and temporary files of atomic writes cut off by a kill."""
+        if self._alone:
+            self._remove_locks()
+        for fd in (self._shard_lock, self._dir_lock):
+            if fd is not None:
+                os.close(fd)  # closing drops the lock
+        self._dir_lock = self._shard_lock = None
+        self._alone = False
+
+    def _remove_locks(self) -> None:
+        """Only while holding the dir alone: a process waiting on a removed lock file retries (`_acquire`)."""
+        for path in [*self.path.glob(".shard-*.lock"), *self.path.glob(".*.tmp")]:
+            path.unlink(missing_ok=True)
+        self.lock_path.unlink(missing_ok=True)
+
+    # -- identity ----------------------------------------------------------------------------------
+
+    def check_identity(self, identity: dict, scorer_loaded: bool = True) -> None:
+        """Refuse a dir that holds another run (before the scorer loads, only its id is compared)."""
         if self.identity_path.exists():
             try:
                 previous = json.loads(self.identity_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                raise UserError(f"{self.identity_path} is unreadable; use a new --output-dir") from None
-            if not isinstance(previous, dict):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                previous = None
+            if not isinstance(previous, dict) or not isinstance(previous.get("scorer"), dict):
                 raise UserError(f"{self.identity_path} is unreadable; use a new --output-dir")
-            full = identity
+            if not scorer_loaded:
+                previous = {**previous, "scorer": {"id": previous["scorer"].get("id")}}
+            identity = json.loads(json.dumps(identity))
+            # A run.json that lacks keys added since (IDENTITY_ADDED_KEYS) is compared without them: the run
+            # predates them. It is kept as it is when samples exist, rewritten in full when nothing was made.
             legacy = [k for k in IDENTITY_ADDED_KEYS if k in identity and k not in previous]
-            if legacy:
-                identity = {k: v for k, v in identity.items() if k not in legacy}
-                if self._sample_files() or self.results_path.exists():
-                    self.legacy_keys = legacy
-                elif previous == json.loads(json.dumps(identity)):  # nothing made yet: start it afresh
-                    write_json_atomic(self.identity_path, full)
-                    return
-            if previous != json.loads(json.dumps(identity)):
-                changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            identity = {k: v for k, v in identity.items() if k not in legacy}
+            made = bool(self._sample_files()) or self.results_path.exists()
+            self.legacy_keys = legacy if made else []
+            self._rewrite_identity = bool(legacy) and not made
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            if changed:
                 raise UserError(
                     f"--output-dir {self.path} holds a different run (differs in: {', '.join(changed)}); "
                     "use a new --output-dir"
                 )
-        elif self._sample_files() or self.results_path.exists():
+        elif any(p.stat().st_size for p in self._sample_files()) or self.results_path.exists():
             raise UserError(f"--output-dir {self.path} holds results of an unknown run; use a new --output-dir")
-        else:
+
+    def claim(self, identity: dict) -> None:
+        """Write `run.json`: from now on the dir belongs to this run (called once every check passed)."""
+        self.check_identity(identity)
+        if not self.identity_path.exists() or self._rewrite_identity:
             write_json_atomic(self.identity_path, identity)
+
+    # -- samples -----------------------------------------------------------------------------------
 
     def shard_path(self, shard: tuple[int, int] | None) -> Path:
         """Where this process appends: `samples.jsonl`, or its own file when it runs one shard (so that
@@ -92,53 +206,76 @@ class RunDir:
         return [p for p in [self.samples_path, *sorted(self.path.glob("samples.shard-*.jsonl"))] if p.exists()]
 
     def completed(self, own: Path | None = None) -> dict[str, dict]:
-        """Samples already written (in any shard's file), by id. A torn last line (a kill mid-write) is
-        cut off `own`, the file this process appends to; other files are read up to their last whole line."""
+        """Samples already written (in any shard's file), by id. The file this process appends to (`own`;
+        every file when it holds the dir alone) is cleaned: a torn last line is cut off and damaged lines
+        go to `samples.damaged.jsonl`, with a note on stderr. Other files are read, skipping the damage."""
         done: dict[str, dict] = {}
         for path in self._sample_files():
-            good_bytes = 0
-            with open(path, "rb") as handle:
-                for raw in handle:
-                    try:
-                        record = json.loads(raw)
-                        if not raw.endswith(b"\n"):
-                            raise ValueError("torn line")
-                    except ValueError:
-                        break  # only the last line can be torn: appends are whole lines
-                    done.setdefault(record["id"], record)
-                    good_bytes += len(raw)
-            if path == own and good_bytes != path.stat().st_size:
-                with open(path, "r+b") as handle:
-                    handle.truncate(good_bytes)
+            valid, damaged, torn = read_sample_file(path)
+            if path == own or self._alone:
+                self._repair(path, valid, damaged, torn)
+            for record, _ in valid:
+                done.setdefault(record["id"], record)
         return done
+
+    def _repair(self, path: Path, valid: list[tuple[dict, bytes]], damaged: list[bytes], torn: bool) -> None:
+        if not damaged and not torn:
+            return
+        if damaged:  # kept before the file is rewritten without them: a kill in between loses nothing
+            with open(self.damaged_path, "ab") as handle:
+                handle.write(b"".join(damaged))
+                handle.flush()
+                os.fsync(handle.fileno())
+        write_bytes_atomic(path, b"".join(raw for _, raw in valid))
+        if damaged:
+            print(
+                f"sev-bench: {path}: {len(damaged)} damaged line(s) (not JSON, not a sample, or an id written twice) "
+                f"moved to {DAMAGED_FILE}; {len(valid)} valid sample(s) kept, missing replies are made again",
+                file=sys.stderr,
+            )
+        if torn:
+            print(f"sev-bench: {path}: dropped a torn last line (a write cut off by a kill)", file=sys.stderr)
 
     def append(self, records: list[dict], path: Path | None = None) -> None:
         """Append finished samples durably (one write, flushed and fsynced)."""
         if not records:
             return
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         with open(path or self.samples_path, "a", encoding="utf-8") as handle:
-            handle.write(payload)
+            handle.write(sample_lines(records))
             handle.flush()
             os.fsync(handle.fileno())
 
     def finish(self, samples: list[dict], results: dict, summary: str, rewrite_samples: bool = False) -> None:
         """Merge every shard's samples into `samples.jsonl` (in selection order), then write the summary
-        and, last, `results.json`: its presence means the run is complete. Serialised by a lock so that
-        two shards finishing together do not merge at the same time. `rewrite_samples` rewrites
-        `samples.jsonl` from `samples` also without shards (records that gained fields)."""
-        import fcntl
+        and, last, `results.json`: its presence means the run is complete. The caller holds the dir alone
+        (`lock`, or `lock_alone` for a shard). `rewrite_samples` rewrites `samples.jsonl` from `samples`
+        also without shards (records that gained fields)."""
+        shard_files = [p for p in self._sample_files() if p != self.samples_path]
+        if shard_files or rewrite_samples:
+            write_text_atomic(self.samples_path, sample_lines(samples))
+            for path in shard_files:
+                path.unlink()
+        write_text_atomic(self.summary_path, summary)
+        write_json_atomic(self.results_path, results)
 
-        with open(self.path / ".finish.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            shard_files = [p for p in self._sample_files() if p != self.samples_path]
-            if shard_files or rewrite_samples:
-                write_text_atomic(self.samples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in samples))
-                for path in shard_files:
-                    path.unlink(missing_ok=True)  # a shard finishing at the same moment may have merged
-            write_text_atomic(self.summary_path, summary)
-            write_json_atomic(self.results_path, results)
-        (self.path / ".finish.lock").unlink(missing_ok=True)
+
+def _acquire(path: Path, operation: int) -> int | None:
+    """An fd holding `flock(operation)` on the lock file `path` (created if needed), or None when the
+    lock is taken and `operation` has LOCK_NB. A lock won on a file that was removed meanwhile (a run
+    completing removes its lock files) is worthless: then try again on the new file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def load_results(path: str | Path) -> dict:
@@ -149,11 +286,18 @@ def load_results(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no results.json (an unfinished run has none)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path}: not a readable results file ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a results file (not a JSON object)")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION!r}")
+    from .leaderboard import schema_problem  # here: the leaderboard module imports this one
+
+    problem = schema_problem(data)
+    if problem:
+        raise UserError(f"{path}: not a complete results file ({problem})")
     return data
 
 
@@ -216,6 +360,9 @@ def summary_markdown(results: dict) -> str:
         f"- wall time: {results['timings']['total_s']:.0f} s "
         f"(generation {results['timings']['generation_s']:.0f} s, scoring {results['timings']['scoring_s']:.0f} s)",
     ]
+    empty = results["metrics"].get("empty_replies")
+    if empty:
+        lines.append(f"- empty replies: {empty} of {overall['n']} (scored `none`, never correct)")
     if fluent_overall:
         lines += [
             "",

@@ -21,7 +21,7 @@ from .errors import UserError
 from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency, fluency_records
 from .methods import MethodConfig, resolve_method
 from .methods.base import PrepareContext
-from .metrics import fluent_accuracy, grouped_accuracy
+from .metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
 from .prompts import CHAT_TEMPLATE_KWARGS, EMOTIONS, VALENCES
 from .results import IDENTITY_ADDED_KEYS, SCHEMA_VERSION, RunDir, load_results, summary_markdown
 
@@ -223,21 +223,19 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         raise UserError("--batch-size must be >= 1")
     if request.threads is not None and request.threads < 1:
         raise UserError("--threads must be >= 1")
-    from .backends import backend_info, check_backend, make_generator
+    from .backends import check_backend
 
     check_backend(request.backend, method_config.method)
     from .scoring import SCORERS, load_scorer
 
     SCORERS.get(request.scorer)  # an unknown scorer fails here, before any data or model loads
+    _check_model_settings(request)
 
     dataset = load_sev(request.data_dir)[request.split]
     rows = select_rows(dataset, emotions, valences, request.limit)
     if not rows:
         raise UserError("the selection (--split/--emotions/--valences/--limit) has no rows")
     fingerprint = dataset_fingerprint(request.data_dir)
-
-    scorer = load_scorer(request.scorer, data_dir=request.data_dir, options=request.scorer_options)
-
     identity = {
         "method": {k: v for k, v in method_config.as_dict().items() if k != "source"},
         "model": request.model,
@@ -245,7 +243,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         "split": request.split,
         "selection": {"emotions": emotions, "valences": valences, "limit": request.limit},
         "dataset_sha256": fingerprint,
-        "scorer": {"id": scorer.id, "sha256": scorer.sha256},
+        "scorer": {"id": request.scorer},  # and its sha256 once it has loaded
         "seed": request.seed,
         # hf runs keep their identity (and run dirs) of before the vllm backend existed
         **({"backend": request.backend} if request.backend != "hf" else {}),
@@ -253,13 +251,49 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         # resumes without them (RunDir.start), unless its template reads them (checked below)
         "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS),
     }
-    run_dir = RunDir(request.output_dir or default_output_dir(identity))
-    run_dir.start(identity)
+
+    run_dir = None
+    try:
+        if request.output_dir:  # a dir in use, or holding another run, is refused before the scorer loads
+            run_dir = RunDir(request.output_dir)
+            run_dir.lock(request.shard)
+            run_dir.check_identity(identity, scorer_loaded=False)
+        scorer = load_scorer(request.scorer, data_dir=request.data_dir, options=request.scorer_options)
+        identity["scorer"] = {"id": scorer.id, "sha256": scorer.sha256}
+        if run_dir is None:  # the default dir is named after the whole identity
+            run_dir = RunDir(default_output_dir(identity))
+            run_dir.lock(request.shard)
+        run_dir.check_identity(identity)
+        return _run_in(run_dir, request, method_config, rows, identity, scorer, started)
+    finally:
+        if run_dir is not None:
+            run_dir.release()
+
+
+def _check_model_settings(request: RunRequest) -> None:
+    """What can be checked of --model, --dtype and --device without loading anything big."""
+    from .models import DTYPES, check_model_spec, resolve_device
+
+    if request.dtype not in DTYPES:
+        raise UserError(f"--dtype {request.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if request.backend == "hf":  # vLLM picks its own device (make_generator checks --device against it)
+        resolve_device(request.device)
+    check_model_spec(request.model)
+
+
+def _run_in(
+    run_dir: RunDir, request: RunRequest, method_config: MethodConfig, rows: list[dict], identity: dict, scorer, started
+) -> tuple[dict | None, Path]:
+    """`run` once the dir is locked for this process and known to hold this run (or nothing)."""
+    from .backends import backend_info, make_generator
+
     own_file = run_dir.shard_path(request.shard)
     done = run_dir.completed(own=own_file)
     todo = [row for row in rows if row["id"] not in done and in_shard(row, request.shard)]
     previous = load_results(run_dir.path) if not todo and run_dir.results_path.exists() else None
     if previous is not None and "fluency" in previous["metrics"]:
+        if request.shard is not None:  # alone, it removes the lock files on leaving (see RunDir.release)
+            run_dir.lock_alone()
         print(f"{run_dir.path} is already complete; nothing to do", file=sys.stderr)
         return previous, run_dir.path
 
@@ -291,6 +325,8 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         )
         artifact = method_config.method.prepare(context)
         timings["prepare_s"] = time.perf_counter() - prepare_start
+    # Only now, with every check passed and the model loaded, does the dir become this run's.
+    run_dir.claim(identity)
     if todo:
         _generate_and_score(
             generator,
@@ -328,6 +364,12 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         raise UserError(
             f"{run_dir.path} lacks {len(rows) - len(samples)} replies (unscored or not generated); rerun to finish"
         )
+    if request.shard is not None:  # merging needs the dir alone: wait until the other shards let go of it
+        run_dir.lock_alone()
+        if previous is None and run_dir.results_path.exists():  # another shard merged meanwhile
+            return load_results(run_dir.path), run_dir.path
+        done = run_dir.completed(own=own_file)  # read again, now that no shard writes any more
+        samples = [done[row["id"]] for row in rows]
     missing_fluency = [s for s in samples if "fluency" not in s]
     if missing_fluency:  # samples of a run made before the fluency guard existed: add it now
         backfill_start = time.perf_counter()
@@ -365,7 +407,7 @@ def run(request: RunRequest) -> tuple[dict, Path]:
                 "source": SOURCE_REPOSITORY,
                 "commit": PINNED_COMMIT,
                 "split": request.split,
-                "sha256": fingerprint,
+                "sha256": identity["dataset_sha256"],
                 "selection": identity["selection"],
                 "n": len(rows),
             },
@@ -378,7 +420,8 @@ def run(request: RunRequest) -> tuple[dict, Path]:
         },
         "metrics": {
             "accuracy": grouped_accuracy(samples),
-            "predicted_share": _predicted_share(samples),
+            "predicted_share": predicted_share(samples),
+            "empty_replies": empty_replies(samples),
             **fluency_metrics,
         },
         "timings": {**timings, "samples_reused": len(rows) - len(todo)},
@@ -457,11 +500,6 @@ def _check_legacy_template(run_dir: RunDir, tokenizer, resuming: bool) -> None:
             f"--output-dir {run_dir.path} was started before sev-bench fixed the chat template's {read[0]}, which "
             "this model's template reads (its earlier prompts carry the day they ran); use a new --output-dir"
         )
-
-
-def _predicted_share(samples: list[dict]) -> dict[str, float]:
-    labels = list(samples[0]["probs"]) if samples else list(EMOTIONS)
-    return {label: sum(s["predicted_emotion"] == label for s in samples) / len(samples) for label in labels}
 
 
 def _generate_and_score(

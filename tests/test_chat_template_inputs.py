@@ -124,13 +124,13 @@ def test_published_run_dirs_still_resume_and_stay_on_the_board(tmp_path):
         assert "chat_template_kwargs" not in identity
         now = {**identity, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
         run_dir = RunDir(copy_dir)
-        run_dir.start(now)
+        run_dir.claim(now)
         assert run_dir.legacy_keys == ["chat_template_kwargs"]
         assert (copy_dir / "run.json").read_bytes() == before
         assert default_output_dir(now) == default_output_dir(identity)
         # another difference is still refused, and named
         with pytest.raises(UserError, match=r"differs in: seed\)"):
-            RunDir(copy_dir).start({**now, "seed": identity["seed"] + 1})
+            RunDir(copy_dir).claim({**now, "seed": identity["seed"] + 1})
         if source.parent.name != "ci":
             assert validate_run(copy_dir, tmp_path).samples_checked
 
@@ -138,13 +138,13 @@ def test_published_run_dirs_still_resume_and_stay_on_the_board(tmp_path):
 def test_legacy_run_dir_without_samples_starts_afresh_and_with_a_dated_template_is_refused(
     tmp_path, tiny, llama3_tokenizer
 ):
-    identity = {"method": {"name": "none"}, "model": "m", "split": "test", "seed": 1}
+    identity = {"method": {"name": "none"}, "model": "m", "split": "test", "scorer": {"id": "s"}, "seed": 1}
     now = {**identity, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "run.json").write_text(json.dumps(identity))
     run_dir = RunDir(empty)
-    run_dir.start(now)
+    run_dir.claim(now)
     assert run_dir.legacy_keys == [] and json.loads((empty / "run.json").read_text()) == now
 
     started = tmp_path / "started"
@@ -152,7 +152,7 @@ def test_legacy_run_dir_without_samples_starts_afresh_and_with_a_dated_template_
     (started / "run.json").write_text(json.dumps(identity))
     (started / "samples.jsonl").write_text(json.dumps({"id": "a"}) + "\n")
     run_dir = RunDir(started)
-    run_dir.start(now)
+    run_dir.claim(now)
     _check_legacy_template(run_dir, tiny.tokenizer, resuming=True)  # ChatML reads no date: resumes
     _check_legacy_template(run_dir, llama3_tokenizer, resuming=False)  # nothing left to generate
     with pytest.raises(UserError, match="fixed the chat template's date_string"):

@@ -35,7 +35,7 @@ from sev_bench.discovery.circuit import (
     sublayer_importance,
     top_mask,
 )
-from sev_bench.discovery.directions import DirectionConfig, discover_directions
+from sev_bench.discovery.directions import DirectionConfig, discover_directions, seal
 from sev_bench.errors import UserError
 from sev_bench.interventions import Capture, HookSession, InterventionSpec, handle_count
 from sev_bench.methods import resolve_method
@@ -404,7 +404,7 @@ def test_circuit_refuses_another_model_dataset_or_scorer(discovered, qwen, sev_d
             (copy_dir / item.name).write_bytes(item.read_bytes())
     meta = json.loads((copy_dir / "metadata.json").read_text())
     meta["dataset_sha256"]["train"] = "0" * 64
-    (copy_dir / "metadata.json").write_text(json.dumps(meta))
+    (copy_dir / "metadata.json").write_text(json.dumps(seal(meta)))  # as if made from that SEV version
     status = main(
         [
             "run",

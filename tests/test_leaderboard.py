@@ -15,7 +15,16 @@ from synthetic_runs import make_samples, make_spec, read_run, results_for, write
 
 from sev_bench.cli import main
 from sev_bench.compare import compare, compare_markdown, mcnemar_exact, paired_bootstrap
-from sev_bench.leaderboard import build, collect, find_run_dirs, grouped, leaderboard_csv, readme, validate_run
+from sev_bench.leaderboard import (
+    Refused,
+    build,
+    collect,
+    find_run_dirs,
+    grouped,
+    leaderboard_csv,
+    readme,
+    validate_run,
+)
 from sev_bench.results import summary_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,13 +190,14 @@ def test_build_lists_refusals_and_strict_fails(tmp_path, capsys):
     assert main(["leaderboard", "build", "--dir", str(root), "--strict"]) == 1
 
 
-def test_missing_samples_file_is_accepted_but_marked_unchecked(tmp_path):
+def test_missing_samples_file_is_refused(tmp_path):
+    """Nothing would back the figures of a run without samples (issue 15): it is not ranked."""
     root = _board(tmp_path / "board")
     (root / "model-a" / "none-test" / "samples.jsonl").unlink()
-    entry = validate_run(root / "model-a" / "none-test", root)
-    assert not entry.samples_checked
-    build(root)
-    assert "no (no samples.jsonl)" in (root / "README.md").read_text()
+    with pytest.raises(Refused, match="no samples.jsonl"):
+        validate_run(root / "model-a" / "none-test", root)
+    entries, refused = collect(root)
+    assert "model-a/none-test" in dict(refused) and all(entry.samples_checked for entry in entries)
 
 
 def test_published_runs_pass_validation():

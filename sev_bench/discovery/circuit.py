@@ -66,6 +66,7 @@ from .directions import (
     _file_sha256,
     model_signature,
     read_artifact,
+    seal,
 )
 
 ARTIFACT_FORMAT = "sev-bench-circuit/1"
@@ -743,7 +744,7 @@ class Circuit:
 
     @property
     def sha256(self) -> str:
-        return self.metadata["tensors_sha256"]
+        return self.metadata["sha256"]
 
     @property
     def num_layers(self) -> int:
@@ -1207,7 +1208,7 @@ def discover_circuit(
         timings["report"] = {"seconds": round(time.perf_counter() - started, 2), "reused": False}
     elif (out / "report.md").is_file():
         (out / "report.md").unlink()  # it described the circuit this one replaces
-    write_json_atomic(meta_path, metadata)  # last: marks the artifact complete
+    write_json_atomic(meta_path, seal(metadata))  # last: marks the artifact complete
     return circuit, False
 
 

@@ -76,7 +76,7 @@ class Directions:
 
     @property
     def sha256(self) -> str:
-        return self.metadata["tensors_sha256"]
+        return self.metadata["sha256"]
 
     @property
     def num_layers(self) -> int:
@@ -128,7 +128,29 @@ def read_artifact(path: str | Path, artifact_format: str, tensors_file: str, com
     digest = _file_sha256(tensor_path) if tensor_path.is_file() else None
     if digest != metadata.get("tensors_sha256"):
         raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
+    if metadata.get("sha256") != artifact_sha256(metadata):
+        raise UserError(
+            f"{meta_path} does not match the artifact's sha256 (edited, or made by an older sev-bench); "
+            "rerun the discovery"
+        )
     return load_file(str(tensor_path)), metadata
+
+
+UNSEALED = ("sha256", "timings")  # the seal itself, and wall times (a rerun of the same discovery differs there)
+
+
+def artifact_sha256(metadata: dict) -> str:
+    """An artifact's identity: one sha256 over its metadata (which holds its tensors file's sha256) but
+    the UNSEALED fields, so neither the tensors nor what the metadata says of them (the model they were
+    made for, their inputs) can change without it."""
+    body = {key: value for key, value in metadata.items() if key not in UNSEALED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
+
+
+def seal(metadata: dict) -> dict:
+    """`metadata` with its `sha256` (see `artifact_sha256`): call it last, right before writing it."""
+    metadata["sha256"] = artifact_sha256(metadata)
+    return metadata
 
 
 def load_directions(path: str | Path) -> Directions:
@@ -187,8 +209,15 @@ def discover_directions(
         raise ValueError("accept='scorer' needs a scorer")
     key = artifact_key(loaded, dataset_sha256, scorer.sha256 if scorer is not None else None, config, dtype)
     out = Path(output_dir) if output_dir else default_artifact_dir(key)
+    existing = None
     if (out / "metadata.json").is_file():
-        existing = load_directions(out)
+        try:
+            existing = load_directions(out)
+        except UserError as exc:
+            if output_dir:
+                raise
+            log(f"{exc}; discovering them again")  # a damaged or outdated artifact in the cache
+    if existing is not None:
         if existing.metadata.get("key") == key:
             log(f"reusing the emotion directions in {out} (same model, data, scorer and settings)")
             return existing, True
@@ -267,7 +296,7 @@ def discover_directions(
     from .report import write_directions_report
 
     write_directions_report(directions, states, out)
-    write_json_atomic(out / "metadata.json", metadata)  # last: marks the artifact complete
+    write_json_atomic(out / "metadata.json", seal(metadata))  # last: marks the artifact complete
     return directions, False
 
 

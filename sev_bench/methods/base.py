@@ -9,6 +9,7 @@ Hyper-parameters are declared in `params` (name -> Param) and arrive validated i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,6 +26,12 @@ class Param:
 
     def coerce(self, name: str, value: Any) -> Any:
         """A value from YAML (already typed) or from `--set k=v` (a string) as this param's type."""
+        value = self._typed(name, value)
+        if self.type is float and not math.isfinite(value):  # nan / inf: no strength means anything there
+            raise UserError(f"parameter {name}={value!r}: expected a finite number")
+        return value
+
+    def _typed(self, name: str, value: Any) -> Any:
         if isinstance(value, str) and self.type is not str:
             text = value.strip().lower()
             if self.type is bool:

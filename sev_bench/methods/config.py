@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -139,7 +140,9 @@ def _generation(settings: dict | None, where: str) -> GenerationConfig:
         expected = GENERATION_KEYS.get(key)
         if expected is None:
             raise UserError(f"{where}: unknown generation key {key!r}; allowed: {', '.join(GENERATION_KEYS)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or (expected is int and value != int(value)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise UserError(f"{where}: generation.{key}={value!r}: expected a finite {expected.__name__}")
+        if expected is int and value != int(value):
             raise UserError(f"{where}: generation.{key}={value!r}: expected {expected.__name__}")
         settings[key] = expected(value)
     max_new_tokens = settings.pop("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)

@@ -68,6 +68,7 @@ class Steering(ControlMethod):
     def prepare(self, context: PrepareContext):
         from ..discovery.directions import check_model, load_directions, obtain_directions
 
+        resolve_layers(self.params["layers"], context.loaded.num_layers)  # a bad range fails before discovery
         if self.params["directions"]:
             directions = load_directions(self.params["directions"])
             check_model(directions.metadata, context.loaded, directions.path)
@@ -75,7 +76,6 @@ class Steering(ControlMethod):
             directions, _ = obtain_directions(
                 context, accept=self.params["accept"], limit=self.params["discovery_limit"] or None
             )
-        resolve_layers(self.params["layers"], directions.num_layers)  # fail now on a bad range
         return directions
 
     def interventions(self, artifact, target_emotion: str) -> list:

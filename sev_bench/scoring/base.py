@@ -22,11 +22,18 @@ from ..errors import UserError
 from ..prompts import EMOTIONS
 from ..registry import Registry
 
+NO_EMOTION = "none"  # what an empty reply expresses, for every scorer
+
+
+def is_empty_reply(text) -> bool:
+    return isinstance(text, str) and not text.strip()
+
 
 class Scorer(ABC):
     """Base class of emotion scorers. Subclasses set `name`, `description` and `labels`, implement
     `predict_proba` and the classmethod `load`, and either set `weights_path` (the saved weights file,
-    whose sha256 is the scorer's identity) or override `sha256`."""
+    whose sha256 is the scorer's identity) or override `sha256`. A scorer that does not score by argmax
+    (the judge) overrides `score_texts`; `score` itself keeps the rules every scorer shares."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -46,13 +53,31 @@ class Scorer(ABC):
 
     def score(self, texts: Sequence[str], targets: Sequence[str]) -> list[dict]:
         """Per text: `predicted_emotion` (the argmax label), `probs` (label -> probability, 6 digits)
-        and `correct` (the argmax equals the target)."""
+        and `correct` (the argmax equals the target). An empty or whitespace-only text expresses no
+        emotion whatever the scorer would say of it: `predicted_emotion` "none" (probability 1.0),
+        never correct, and it never reaches `score_texts`."""
         texts, targets = list(texts), list(targets)
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
         for target in targets:
             if target not in self.labels:
                 raise UserError(f"target emotion {target!r} is not one of {', '.join(self.labels)}")
+        filled = [i for i, text in enumerate(texts) if not is_empty_reply(text)]
+        scores = self.score_texts([texts[i] for i in filled], [targets[i] for i in filled]) if filled else []
+        results = [self.empty_reply_score() for _ in texts]
+        for i, score in zip(filled, scores, strict=True):
+            results[i] = score
+        return results
+
+    def empty_reply_score(self) -> dict:
+        return {
+            "predicted_emotion": NO_EMOTION,
+            "probs": {**dict.fromkeys(self.labels, 0.0), NO_EMOTION: 1.0},
+            "correct": False,
+        }
+
+    def score_texts(self, texts: list[str], targets: list[str]) -> list[dict]:
+        """`score` for non-empty texts (override it, not `score`, to score otherwise than by argmax)."""
         probs = np.asarray(self.predict_proba(texts), dtype=np.float64)
         if probs.shape != (len(texts), len(self.labels)):
             raise RuntimeError(

@@ -9,7 +9,7 @@ from ..atomic import write_text_atomic
 from ..data import iter_jsonl
 from ..errors import UserError
 from ..prompts import EMOTIONS
-from .base import Scorer
+from .base import Scorer, is_empty_reply
 
 BATCH_SIZE = 256
 
@@ -48,7 +48,8 @@ def score_jsonl(
 ) -> dict:
     """Score every row of `in_path` and write the rows, each with `predicted_emotion`, `probs` and
     `correct` added, to `out_path` (atomically: an error leaves no partial file). Returns
-    `{n, correct, accuracy, failed, scorer, scorer_sha256}`: rows the scorer failed on (`correct` None,
+    `{n, correct, accuracy, failed, empty, scorer, scorer_sha256}` (`empty`: rows whose text is empty or
+    whitespace, scored `none`): rows the scorer failed on (`correct` None,
     with a `score_error`) are left out of the accuracy; more than the scorer tolerates (`check_failures`)
     is a `UserError` and writes nothing."""
     in_path, out_path = Path(in_path), Path(out_path)
@@ -72,6 +73,7 @@ def score_jsonl(
         "correct": correct,
         "accuracy": round(correct / (len(rows) - failed), 6) if len(rows) > failed else None,
         "failed": failed,
+        "empty": sum(is_empty_reply(row[text_field]) for row in rows),
         "scorer": scorer.id,
         "scorer_sha256": scorer.sha256,
     }

@@ -24,7 +24,10 @@ the request headers: never in `info()`, results, cache files or error messages.
 Timeouts, connection errors, HTTP 429 and 5xx are retried with exponential back-off; an unparsable
 reply is asked again up to `judge_parse_retries` times; HTTP 401/403/404 stop the whole run at once
 (a wrong key, URL or model name). Verdicts are cached on disk, one JSON file per key under
-`cache_dir()/judge/`, keyed by the sha256 of (model, messages, temperature); failures are not cached.
+`cache_dir()/judge/`, keyed by the sha256 of (endpoint URL without credentials, model, messages,
+temperature); failures are not cached. The endpoint is part of the scorer's identity (its sha256), the key
+never is. Every error message is redacted (the key, any `Bearer ...`, URL credentials) before it is
+stored in `score_error` or printed.
 """
 
 from __future__ import annotations
@@ -96,8 +99,19 @@ def redact_url(url: str) -> str:
         return "<unparsable URL>"
 
 
-def cache_key(model: str, messages: list[dict], temperature: float = TEMPERATURE) -> str:
-    payload = {"model": model, "messages": messages, "temperature": float(temperature)}
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` without the given secrets, any `Bearer <token>` and any user:password in a URL: what an
+    endpoint echoes back (a 400 body quoting the request headers) never reaches a file or a terminal."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    text = re.sub(r"(?i)\bbearer\s+[^\s\"',;}]+", "Bearer [REDACTED]", text)
+    return re.sub(r"(://)[^/\s@]+@", r"\1[REDACTED]@", text)
+
+
+def cache_key(endpoint: str, model: str, messages: list[dict], temperature: float = TEMPERATURE) -> str:
+    """The verdict cache key: which endpoint (its URL without credentials), model, chat and temperature."""
+    payload = {"endpoint": endpoint, "model": model, "messages": messages, "temperature": float(temperature)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
@@ -226,6 +240,7 @@ class Judge(Scorer):
             json.dumps(
                 {
                     "format": FORMAT,
+                    "endpoint": redact_url(self.endpoint),
                     "model": self.model,
                     "temperature": TEMPERATURE,
                     "system": JUDGE_SYSTEM,
@@ -277,6 +292,9 @@ class Judge(Scorer):
                 self._client.close()
                 self._client = None
 
+    def _redact(self, text: str) -> str:
+        return redact(text, [os.environ.get(self.api_key_env, "")])
+
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
@@ -309,7 +327,7 @@ class Judge(Scorer):
             except httpx.TimeoutException:
                 problem = f"timed out after {self.timeout:g} s"
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+                problem = f"{type(exc).__name__}: {' '.join(self._redact(str(exc)).split())[:120]}"
             else:
                 status = response.status_code
                 if status in FATAL_STATUS:
@@ -322,7 +340,8 @@ class Judge(Scorer):
                     problem = f"HTTP {status}"
                     retry_after = response.headers.get("retry-after")
                 elif status >= 400:
-                    raise RuntimeError(f"HTTP {status}: {' '.join(response.text.split())[:160]}")
+                    # redacted before it is cut short: a cut could leave part of a key unrecognised
+                    raise RuntimeError(f"HTTP {status}: {' '.join(self._redact(response.text).split())[:160]}")
                 else:
                     try:
                         content = response.json()["choices"][0]["message"]["content"]
@@ -332,7 +351,7 @@ class Judge(Scorer):
                         parse_errors += 1
                         if parse_errors > self.parse_retries:
                             raise RuntimeError(
-                                f"unparsable judge reply after {parse_errors} tries ({exc})"[:240]
+                                self._redact(f"unparsable judge reply after {parse_errors} tries ({exc})")[:240]
                             ) from None
                         continue
             transient += 1
@@ -351,13 +370,16 @@ class Judge(Scorer):
             entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None  # absent or damaged: ask again
-        if not isinstance(entry, dict) or entry.get("match") not in (0, 1) or entry.get("model") != self.model:
+        if not isinstance(entry, dict) or entry.get("match") not in (0, 1):
+            return None
+        if entry.get("model") != self.model or entry.get("endpoint") != redact_url(self.endpoint):
             return None
         return entry
 
     def _cache_put(self, key: str, match: int, reason: str, content: str) -> None:
         entry = {
             "format": FORMAT,
+            "endpoint": redact_url(self.endpoint),
             "model": self.model,
             "temperature": TEMPERATURE,
             "match": match,
@@ -374,7 +396,7 @@ class Judge(Scorer):
 
     def _judge_one(self, text: str, emotion: str) -> dict:
         messages = judge_messages(text, emotion)
-        key = cache_key(self.model, messages)
+        key = cache_key(redact_url(self.endpoint), self.model, messages)
         entry = self._cache_get(key)
         if entry is not None:
             with self._lock:
@@ -383,9 +405,10 @@ class Judge(Scorer):
         try:
             match, reason, content = self._request(messages)
         except RuntimeError as exc:
+            error = self._redact(str(exc))  # it goes into score_error and the final error message
             with self._lock:
-                self.last_error = str(exc)
-            return {"match": None, "reason": None, "error": str(exc), "cached": False}
+                self.last_error = error
+            return {"match": None, "reason": None, "error": error, "cached": False}
         self._cache_put(key, match, reason, content)
         return {"match": match, "reason": reason, "error": None, "cached": False}
 
@@ -408,7 +431,7 @@ class Judge(Scorer):
             verdicts = [future.result() for future in futures]
         except _Fatal as exc:
             pool.shutdown(wait=True, cancel_futures=True)
-            raise UserError(str(exc)) from None
+            raise UserError(self._redact(str(exc))) from None
         finally:
             pool.shutdown(wait=True)
         with self._lock:
@@ -416,8 +439,8 @@ class Judge(Scorer):
             self.failures += sum(v["match"] is None for v in verdicts)
         return verdicts
 
-    def score(self, texts: Sequence[str], targets: Sequence[str]) -> list[dict]:
-        """Per text: `predicted_emotion`, `probs`, `correct` and `judge_reason`, or on failure
+    def score_texts(self, texts: list[str], targets: list[str]) -> list[dict]:
+        """Per (non-empty) text: `predicted_emotion`, `probs`, `correct` and `judge_reason`, or on failure
         `predicted_emotion` None, all-zero `probs`, `correct` None and `score_error` (module docstring)."""
         results = []
         for verdict, target in zip(self.judge(texts, targets), list(targets)):
