@@ -83,14 +83,16 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
         else None
     )
     false_none = _rate(predicted[i] == "none" for i in accepted) if "none" in scorer.labels else None
-    matrix = [[0] * len(scorer.labels) for _ in EMOTIONS]
+    # Columns: the scorer's labels, plus `none` for a six-label scorer that was given an empty reply.
+    columns = list(scorer.labels) + [p for p in ("none",) if p not in scorer.labels and p in predicted]
+    matrix = [[0] * len(columns) for _ in EMOTIONS]
     for i in accepted:
-        matrix[EMOTIONS.index(targets[i])][scorer.labels.index(predicted[i])] += 1
+        matrix[EMOTIONS.index(targets[i])][columns.index(predicted[i])] += 1
     recall, precision = {}, {}
     for r, emotion in enumerate(EMOTIONS):
         row_total = sum(matrix[r])
-        hit = matrix[r][scorer.labels.index(emotion)] if emotion in scorer.labels else 0
-        column_total = sum(m[scorer.labels.index(emotion)] for m in matrix) if emotion in scorer.labels else 0
+        hit = matrix[r][columns.index(emotion)] if emotion in columns else 0
+        column_total = sum(m[columns.index(emotion)] for m in matrix) if emotion in columns else 0
         recall[emotion] = round(hit / row_total, 6) if row_total else None
         precision[emotion] = round(hit / column_total, 6) if column_total else None
 
@@ -117,7 +119,7 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
             "precision": precision,
             "confusion": {
                 "rows": list(EMOTIONS),
-                "columns": list(scorer.labels),
+                "columns": columns,
                 "note": "judge-accepted replies; rows = target emotion, columns = scorer's predicted label",
                 "matrix": matrix,
             },

@@ -401,6 +401,8 @@ class MiniLMEmotions(Scorer):
             if metadata.get("format") != FORMAT or tuple(metadata.get("labels", ())) != LABELS:
                 raise ValueError(f"format {metadata.get('format')!r} with labels {metadata.get('labels')}")
             model = BertForSequenceClassification.from_pretrained(str(model_dir), use_safetensors=True)
+            if [model.config.id2label[i] for i in range(model.config.num_labels)] != list(LABELS):
+                raise ValueError(f"id2label {model.config.id2label} is not {list(LABELS)}")
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         except Exception as exc:
             raise UserError(f"{model_dir} is not a valid {NAME} model dir ({exc}); delete it to retrain") from None

@@ -101,7 +101,7 @@ def evaluate_goemotions(scorer: Scorer, split: str = "test") -> dict:
     clear = [c for c in comments if not c.ambiguous]
     ambiguous = [c for c in comments if c.ambiguous]
     labels = list(scorer.labels)
-    predicted, top = _predict(scorer, [c.text for c in clear])
+    predicted, top = _predict(scorer, [c.text for c in clear])  # no comment is empty: argmax of the labels
     gold = [c.groups[0] for c in clear]
     # A six-label scorer cannot say `none`: its figures are over the emotional comments only.
     kept = [i for i, g in enumerate(gold) if g in labels]

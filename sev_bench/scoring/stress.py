@@ -188,7 +188,7 @@ def build_stress_sets(
 
 def evaluate_stress(scorer: Scorer, sets: dict[str, list[dict]]) -> dict:
     """The scorer's figures on each stress set (see module docstring)."""
-    labels = list(scorer.labels)
+    labels = list(scorer.labels) + [p for p in ("none",) if p not in scorer.labels]  # empty replies are `none`
     report = {"scorer": {"id": scorer.id, "sha256": scorer.sha256, "labels": labels}, "sets": {}}
     for name, items in sets.items():
         if not items:
