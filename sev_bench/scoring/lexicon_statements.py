@@ -148,11 +148,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "yelled down the phone",
         "glared and clenched a jaw",
         "cursed out loud",
-        "demanded to speak to someone in charge",
-        "tore up the letter in a rage",
-        "threw the keys across the room",
-        "refused to speak to anyone, still fuming",
-        "complained loudly to anyone who would listen",
     ),
     "sadness": (
         "cried quietly all evening",
@@ -161,9 +156,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "sat alone in silence, eyes wet",
         "hung their head and wept",
         "lost all appetite for days",
-        "missed them every single day",
-        "felt a heavy ache in the chest",
-        "spent the weekend in bed, grieving",
     ),
     "happiness": (
         "laughed and hugged everyone",
@@ -172,8 +164,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "could not stop smiling",
         "was walking on air all day",
         "grinned and punched the air",
-        "hummed happily all the way home",
-        "threw a little party to celebrate",
     ),
     "fear": (
         "trembled and held their breath",
@@ -182,8 +172,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "froze at the sound",
         "lay awake shaking all night",
         "broke into a cold sweat",
-        "kept checking over their shoulder",
-        "could hardly breathe for panic",
     ),
     "surprise": (
         "gasped and did a double take",
@@ -192,8 +180,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "nearly dropped the phone",
         "stared, speechless",
         "jumped back, startled",
-        "had to read it twice to believe it",
-        "let out a shocked laugh",
     ),
     "disgust": (
         "gagged and turned away",
@@ -202,10 +188,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
         "shuddered at the slime",
         "covered their mouth and retched",
         "recoiled from the stench",
-        "scrubbed their hands until they were raw",
-        "felt their stomach turn at the sight",
-        "could not look at the mouldy mess",
-        "said it was the vilest thing they had ever seen",
     ),
 }
 
