@@ -234,7 +234,7 @@ def test_published_board_leads_with_fluent_accuracy():
     assert text == readme(entries, refused)
     assert (root / "leaderboard.csv").read_text(encoding="utf-8") == leaderboard_csv(entries)
     full = dict(grouped(entries))[("smollm2-135m", "full test split")]
-    assert [e.method for e in full] == ["circuit", "prompting", "steering", "none"]  # none: no fluency records
+    assert [e.method for e in full] == ["prompting", "circuit", "steering", "none"]  # none: no fluency records
     for entry in entries:
         summary = (root / entry.path / "summary.md").read_text(encoding="utf-8")
         assert summary == summary_markdown(entry.results), entry.path
