@@ -350,7 +350,7 @@ def test_cli_scorer_eval_with_judge(server, tmp_path, capsys, monkeypatch):
     server.behaviour = lambda body, n: (200, verdict(1))
     report_path = tmp_path / "report.json"
     assert main(["scorer", "eval", *flags, "--json", str(report_path)]) == 0
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = json.loads(report_path.read_text(encoding="utf-8"))["agreement"]  # the judge has no held-out sets
     assert report["n_failed"] == 0 and report["overall"]["n"] == 24 and report["overall"]["scorer_accuracy"] == 1.0
     assert "Scorer judge" in capsys.readouterr().out
 
@@ -361,4 +361,4 @@ def test_cli_scorer_eval_with_judge(server, tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "1 replies the scorer failed on left out" in captured.out
     assert "judge failed on 1 of 24 texts" in captured.err
-    assert json.loads(report_path.read_text(encoding="utf-8"))["n_failed"] == 1
+    assert json.loads(report_path.read_text(encoding="utf-8"))["agreement"]["n_failed"] == 1
