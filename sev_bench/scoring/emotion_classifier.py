@@ -404,7 +404,7 @@ class MiniLMEmotions(Scorer):
         return cls.load_trained(
             default_dir(),
             lambda data_dir_, out: train(out, data_dir=data_dir_, progress=verbose),
-            "fine-tuning it on GoEmotions and SEV (about 10 minutes on 2 CPU cores, once)",
+            "fine-tuning it on GoEmotions and SEV (about 15 minutes on one CPU thread, once)",
             data_dir,
             verbose,
             loader=cls.from_dir,
