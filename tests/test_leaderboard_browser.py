@@ -118,17 +118,17 @@ def test_committed_board_renders_sorts_and_logs_no_errors(browser):
     assert tables.count() == 3 and all(tables.nth(i).is_visible() for i in range(3))
     _check_charts(page, 3)
     # as built: ranked by fluent accuracy, the run without fluency records (SmolLM2 `none`) last
-    assert page.column(0, "method") == ["circuit", "prompting", "steering", "none"]
+    assert page.column(0, "method") == ["prompting", "circuit", "steering", "none"]
     assert "sorted-desc" in page.header_class(0, "fluent")
     fluent = _numbers(page.column(0, "fluent"))
     assert fluent == sorted(fluent, reverse=True) and fluent[-1] == float("-inf")
 
     page.click_header(0, "raw 95% CI")  # a text column: sorts on its low end, highest first
     page.click_header(0, "raw")
-    assert page.column(0, "method") == ["steering", "circuit", "prompting", "none"]
+    assert page.column(0, "method") == ["circuit", "steering", "prompting", "none"]
     assert "sorted-desc" in page.header_class(0, "raw") and "sorted" not in page.header_class(0, "fluent")
     page.click_header(0, "raw")  # a second click reverses
-    assert page.column(0, "method") == ["none", "prompting", "circuit", "steering"]
+    assert page.column(0, "method") == ["none", "prompting", "steering", "circuit"]
     assert "sorted-asc" in page.header_class(0, "raw")
     page.click_header(0, "method")
     assert page.column(0, "method") == sorted(page.column(0, "method"), reverse=True)
