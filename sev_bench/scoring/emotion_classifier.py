@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data, goemotions
-from ..atomic import write_bytes_atomic, write_text_atomic
+from ..atomic import write_bytes_atomic
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
@@ -425,7 +425,3 @@ class MiniLMEmotions(Scorer):
         info["calibration"] = self.metadata.get("calibration")
         return info
 
-
-def write_training_record(model_dir: Path, figures: dict) -> None:
-    """Keep measured figures beside a model dir (not part of its identity)."""
-    write_text_atomic(model_dir / "figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n")
