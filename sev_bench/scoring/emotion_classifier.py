@@ -424,4 +424,3 @@ class MiniLMEmotions(Scorer):
         info["training"] = self.metadata.get("training")
         info["calibration"] = self.metadata.get("calibration")
         return info
-
