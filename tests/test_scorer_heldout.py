@@ -88,3 +88,11 @@ def test_the_default_scorer_names_plain_statements():
     assert named["none"] >= MIN_NONE_ON_EMOTIONLESS, (named, missed)
     # the figures travel with the scorer into every result
     assert scorer.info()["heldout"]["statements"]["named_per_label"] == named
+
+
+def test_scorer_eval_without_goemotions_still_measures_the_rest(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEV_BENCH_GOEMOTIONS_DIR", str(tmp_path / "missing"))
+    out = tmp_path / "eval"
+    assert main(["scorer", "eval", "--scorer", "test-keywords", "--output-dir", str(out)]) == 0
+    assert "GoEmotions test skipped" in capsys.readouterr().err
+    assert (out / "agreement.json").is_file() and not (out / "goemotions.json").exists()

@@ -11,6 +11,7 @@ made with the scorer carries the figures of exactly those weights (`spec.scorer.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,7 +76,10 @@ def evaluate_scorer(
     `stress_runs` (d). With `store`, the summary goes beside the weights."""
     report: dict = {"agreement": evaluate_agreement(scorer, data_dir=data_dir, store=False)}
     if heldout and _local(scorer):
-        report["goemotions"] = evaluate_goemotions(scorer)
+        try:
+            report["goemotions"] = evaluate_goemotions(scorer)
+        except UserError as exc:  # offline without the GoEmotions files: the other measurements still count
+            print(f"sev-bench: GoEmotions test skipped: {exc}", file=sys.stderr)
         if "none" in scorer.labels:
             report["statements"] = evaluate_statements(scorer)
     if stress or stress_runs:
