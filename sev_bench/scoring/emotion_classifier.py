@@ -335,11 +335,13 @@ def train(
 
 
 def _save(model, tokenizer, out: Path) -> None:
-    """Write the HF dir file by file, each atomically; the weights go last so a half-written dir fails
-    its identity check instead of loading old weights under a new config."""
+    """Write the HF dir file by file, each atomically. Old weights go first and new ones last, so a dir
+    whose writing was cut off has no weights: it counts as not trained (and retrains) instead of loading
+    old weights under a new config."""
     import tempfile
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "model.safetensors").unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
