@@ -8,11 +8,13 @@ VALENCES: tuple[str, ...] = ("positive", "neutral", "negative")
 # Step 1 / prompting baseline: the emotion is named in the system prompt.
 PROMPTING_SYSTEM_TEMPLATE = "Always reply in {emotion}.\nKeep the reply to at most two sentences."
 
-# No emotion in the prompt: the circuit-modulation and sublayer-importance scripts use this one; the
-# `none` baseline uses it too, so its replies show the model's natural emotion rate.
+# No emotion in the prompt: the circuit-modulation and sublayer-importance scripts use this one. It is the
+# one neutral chat of `none`, `steering` and `circuit` (and of the fluency gate's perplexity), so alpha=0 and
+# scale=0 give `none`'s replies byte for byte and an intervention is compared with no prompt change mixed in.
 NEUTRAL_SYSTEM = "Keep the reply to at most two sentences."
 
-# The steering script's literal, unstripped system prompt (kept byte for byte for reproduction).
+# The steering script's literal, unstripped system prompt, kept byte for byte for reproduction
+# (`methods/steering-authors.yaml`); not the default, since it differs from `none`'s chat.
 STEERING_SYSTEM = "\n    Keep the reply to at most two sentences.\n    "
 
 # Fixed extra inputs of every chat-template render (`sev_bench.backends.hf.render_prompt`, which the HF and

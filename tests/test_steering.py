@@ -137,7 +137,10 @@ def test_steering_parameters_are_validated():
         resolve_method("steering", ["alpha=strong"])
     config = resolve_method("steering")
     assert config.method.params["alpha"] == 8.0 and config.method.params["position"] == "mlp"
-    assert config.method.params["system_prompt"] == prompts.STEERING_SYSTEM
+    assert config.method.params["system_prompt"] == prompts.NEUTRAL_SYSTEM
+    authors = resolve_method("steering-authors")
+    assert authors.method.params["system_prompt"] == prompts.STEERING_SYSTEM
+    assert authors.decoding_policy == "method-declared"
     assert config.decoding_policy == "benchmark-default"
     assert config.generation.as_dict() == {"do_sample": False, "max_new_tokens": 100}
 
@@ -161,7 +164,7 @@ def _run(tmp_path, name, method, overrides, model="tiny-random-qwen2"):
 
 
 def test_alpha_zero_steering_gives_exactly_the_replies_of_none(tmp_path):
-    steer = ["discovery_limit=144", f"system_prompt={prompts.NEUTRAL_SYSTEM}", "layers=0-3"]
+    steer = ["discovery_limit=144", "layers=0-3"]  # the default chat: the same as none's
     results, zero = _run(tmp_path, "zero", "steering", [*steer, "alpha=0"])
     _, plain = _run(tmp_path, "none", "none", [])
     assert zero == plain

@@ -45,7 +45,9 @@ class Steering(ControlMethod):
         "layers": Param(str, "auto", "auto (protocol: 11-20 of 28, scaled to depth), A-B, or a,b,c"),
         "scale": Param(str, "rms", "rms: multiply by each token's RMS(h); none: add alpha * v as is"),
         "position": Param(str, "mlp", "directions read after the layer (mlp) or after attention (attn)"),
-        "system_prompt": Param(str, prompts.STEERING_SYSTEM, "system prompt (no emotion in it)"),
+        "system_prompt": Param(
+            str, prompts.NEUTRAL_SYSTEM, "system prompt (no emotion in it; the same chat as none and circuit)"
+        ),
         "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
         "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
         "directions": Param(str, "", "a directions artifact dir (default: the cache for this model)"),
