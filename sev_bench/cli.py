@@ -172,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scorer_options(score)
     _add_data_dir(score)
 
+    fluency = commands.add_parser("fluency", help="the fluency gate: calibrate a model's bound, regate a run")
+    fluency_commands = fluency.add_subparsers(dest="fluency_command", required=True)
+    calibrate = fluency_commands.add_parser(
+        "calibrate", help="measure a model's perplexity bound from its finished `none` run on the dev split"
+    )
+    calibrate.add_argument("run_dir", help="a finished `none` run on dev (its model is the one calibrated)")
+    calibrate.add_argument("--out-dir", help="where the calibration file goes (default: the package's)")
+    calibrate.add_argument("--threads", type=int, help="CPU threads for torch")
+    _add_data_dir(calibrate)
+    regate = fluency_commands.add_parser(
+        "regate", help="redraw a finished run's fluency verdicts under today's gate (a new run dir)"
+    )
+    regate.add_argument("run_dir", help="a finished run's output dir")
+    regate.add_argument("--output-dir", required=True, help="where the regated run goes")
+    regate.add_argument("--threads", type=int, help="CPU threads for torch")
+    _add_data_dir(regate)
+
     rescore = commands.add_parser("rescore", help="score a finished run's saved replies again with another scorer")
     rescore.add_argument("run_dir", help="a finished run's output dir")
     rescore.add_argument("--scorer", required=True, help="the scorer to apply (see `sev-bench scorers`)")
@@ -286,6 +303,38 @@ def cmd_rescore(args) -> None:
     )
     print(f"results: {out / 'results.json'}")
     _write_run_plots(results, out)
+
+
+def cmd_fluency(args) -> None:
+    if args.fluency_command == "calibrate":
+        from .fluency_calibration import calibrate, write_calibration
+        from .models import load_model
+        from .results import load_results
+
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "results.json").is_file():
+            raise UserError(f"{run_dir}: no results.json; calibrate from a finished `none` run on the dev split")
+        model = load_results(run_dir)["spec"]["model"]
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        loaded = load_model(model["id"], dtype=model["dtype"], device="cpu")
+        record = calibrate(loaded, run_dir, {"id": model["id"], "revision": loaded.revision}, args.data_dir)
+        path = write_calibration(record, Path(args.out_dir) if args.out_dir else None)
+        print(json.dumps({k: record[k] for k in ("max_perplexity", "counts", "perplexity", "below_bound")}, indent=1))
+        print(f"fluency bound for {model['id']}: {record['max_perplexity']} -> {path}")
+        return
+    from .regate import regate_run
+
+    results, out = regate_run(args.run_dir, args.output_dir, args.data_dir, threads=args.threads)
+    block = results["regate"]
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    print(
+        f"fluent share {block['from_fluent_share']} -> {results['metrics']['fluency']['fluent_share']}; "
+        f"{block['verdicts_changed']} verdicts changed ({block['fluent_to_not']} fluent -> not, "
+        f"{block['not_to_fluent']} not -> fluent); results: {out / 'results.json'}"
+    )
 
 
 def cmd_scorers(args) -> None:
@@ -606,6 +655,7 @@ COMMANDS = {
     "scorer": cmd_scorer,
     "score": cmd_score,
     "rescore": cmd_rescore,
+    "fluency": cmd_fluency,
     "leaderboard": cmd_leaderboard,
     "compare": cmd_compare,
     "check": cmd_check,

@@ -57,11 +57,17 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from . import prompts
 from .backends.hf import Messages, render_prompt
 from .models import LoadedModel
 
 WORD_RE = re.compile(r"\w+(?:'\w+)?")
 REPEAT_N = 4  # the n of the repeated n-gram rule and of `repetition_rate`
+# A character loop: a unit of 1-16 characters (not all whitespace) repeated back to back, 4 times or more,
+# over at least 24 characters: "f**@**@**@**@**@**@**@**@", "hahahahahahahahahahahaha". A word-level rule
+# misses it when the loop sits inside one "word" or between punctuation.
+CHAR_LOOP_RE = re.compile(r"(\S.{0,15}?)\1{3,}", re.DOTALL)
+CHAR_LOOP_MIN_SPAN = 24
 PAD_MULTIPLE = 16  # padded widths are multiples of this (see `reply_perplexities`)
 
 
@@ -79,6 +85,9 @@ class FluencyThresholds:
 
 
 DEFAULT_THRESHOLDS = FluencyThresholds()
+# What every reply's perplexity is conditioned on (recorded in each fluency record): the neutral chat, the
+# same for every method, so an emotional reply is not judged more fluent because its prompt asked for it.
+GATE_CHAT = "neutral"
 
 
 # ---------------------------------------------------------------- text statistics
@@ -113,8 +122,15 @@ def repetition_rate(words: Sequence[str], n: int = REPEAT_N) -> float | None:
     return repeats / len(grams)
 
 
+def char_loop_span(text: str) -> int:
+    """Length of the longest character loop in `text` (a unit of 1-16 characters repeated back to back at
+    least 4 times); 0 when there is none."""
+    return max((len(m.group(0)) for m in CHAR_LOOP_RE.finditer(text)), default=0)
+
+
 def text_stats(text: str) -> dict:
-    """`n_words`, `distinct_1`, `distinct_2`, `repetition_rate` and `repeated_4gram` of one reply."""
+    """`n_words`, `distinct_1`, `distinct_2`, `repetition_rate`, `repeated_4gram` and `char_loop` (a
+    character loop of at least `CHAR_LOOP_MIN_SPAN` characters) of one reply."""
     words = words_of(text)
     rate = repetition_rate(words)
     return {
@@ -123,6 +139,7 @@ def text_stats(text: str) -> dict:
         "distinct_2": distinct_n(words, 2),
         "repetition_rate": rate,
         "repeated_4gram": bool(rate),
+        "char_loop": char_loop_span(text) >= CHAR_LOOP_MIN_SPAN,
     }
 
 
@@ -218,25 +235,46 @@ def reply_perplexities(
 
 
 def fluency_record(stats: dict, perplexity: float | None, thresholds: FluencyThresholds = DEFAULT_THRESHOLDS) -> dict:
-    """One reply's fluency fields: its `text_stats`, `perplexity` and `fluent` (the gate, see
-    `FluencyThresholds`). A reply with no perplexity (empty) is never fluent."""
+    """One reply's fluency fields: its `text_stats`, `perplexity` (under the neutral chat, `GATE_CHAT`) and
+    `fluent` (the gate, see `FluencyThresholds`). A reply with no perplexity (empty) is never fluent."""
     fluent = (
         stats["n_words"] >= thresholds.min_words
         and not stats["repeated_4gram"]
+        and not stats.get("char_loop", False)
         and perplexity is not None
         and perplexity < thresholds.max_perplexity
     )
-    return {**stats, "perplexity": perplexity, "fluent": bool(fluent)}
+    return {**stats, "perplexity": perplexity, "perplexity_chat": GATE_CHAT, "fluent": bool(fluent)}
+
+
+def regate(record: dict, completion: str, thresholds: FluencyThresholds) -> dict:
+    """`record` (a reply's fluency record) with its text statistics recomputed from `completion` and its
+    verdict redrawn under `thresholds`; its perplexity is kept."""
+    return fluency_record(text_stats(completion), record["perplexity"], thresholds)
+
+
+def has_gate_perplexity(record: dict | None) -> bool:
+    """Whether a stored fluency record's perplexity was measured under the neutral chat (records made
+    before the gate was method-neutral were conditioned on each method's own chat)."""
+    return bool(record) and record.get("perplexity_chat") == GATE_CHAT
+
+
+def gate_conversation(row: dict) -> Messages:
+    """The chat every reply's perplexity is conditioned on, whatever method made it: the neutral system
+    prompt (`prompts.NEUTRAL_SYSTEM`) and the row's scenario and event."""
+    return prompts.chat(prompts.NEUTRAL_SYSTEM, row["scenario"], row["event"])
 
 
 def fluency_records(
     loaded: LoadedModel,
-    conversations: Sequence[Messages],
+    rows: Sequence[dict],
     replies: Sequence[str],
     thresholds: FluencyThresholds = DEFAULT_THRESHOLDS,
     batch_size: int = 16,
 ) -> list[dict]:
-    """`fluency_record` for each reply (statistics + perplexity under `loaded`, which must be unmodified)."""
+    """`fluency_record` for each reply, its perplexity under `loaded` (which must be unmodified) conditioned
+    on its SEV row's neutral chat (`gate_conversation`), whatever method made the reply."""
+    conversations = [gate_conversation(row) for row in rows]
     perplexities = reply_perplexities(loaded, conversations, replies, batch_size=batch_size)
     return [fluency_record(text_stats(reply), ppl, thresholds) for reply, ppl in zip(replies, perplexities)]
 
@@ -266,6 +304,7 @@ def aggregate_fluency(samples: Iterable[dict], thresholds: FluencyThresholds | N
         "distinct_2_mean": _mean(defined("distinct_2")),
         "repetition_rate_mean": _mean(defined("repetition_rate")),
         "repeated_4gram_share": sum(bool(r["repeated_4gram"]) for r in records) / n if n else None,
+        "char_loop_share": sum(bool(r.get("char_loop")) for r in records) / n if n else None,
         "fluent_share": sum(bool(r["fluent"]) for r in records) / n if n else None,
     }
     if thresholds is not None:

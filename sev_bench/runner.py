@@ -18,7 +18,8 @@ from . import __version__
 from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
 from .defaults import DEFAULT_SCORER
 from .errors import UserError
-from .fluency import DEFAULT_THRESHOLDS, aggregate_fluency, fluency_records
+from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, regate
+from .fluency_calibration import gate_for
 from .methods import MethodConfig, resolve_method
 from .methods.base import PrepareContext
 from .metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
@@ -317,6 +318,7 @@ def _run_in(
     loaded = generator.loaded
     timings["model_load_s"] = time.perf_counter() - load_start
     _check_legacy_template(run_dir, loaded.tokenizer, bool(done) and bool(todo))
+    thresholds, gate_info = gate_for({"id": loaded.model_id, "revision": loaded.revision})
     artifact = None
     if todo or (method_config.method.kind != "prompt" and previous is None):  # its sha256 goes in the results
         prepare_start = time.perf_counter()
@@ -340,6 +342,7 @@ def _run_in(
             request.progress,
             len(done),
             len(rows),
+            thresholds,
         )
 
     if request.distributed:
@@ -370,17 +373,21 @@ def _run_in(
             return load_results(run_dir.path), run_dir.path
         done = run_dir.completed(own=own_file)  # read again, now that no shard writes any more
         samples = [done[row["id"]] for row in rows]
-    missing_fluency = [s for s in samples if "fluency" not in s]
-    if missing_fluency:  # samples of a run made before the fluency guard existed: add it now
+    # Samples of a run made before the fluency guard existed, or before its perplexity was measured under
+    # the neutral chat: measure it now. Every verdict is then redrawn under this model's gate.
+    missing_fluency = [s for s in samples if not has_gate_perplexity(s.get("fluency"))]
+    if missing_fluency:
         backfill_start = time.perf_counter()
-        _add_fluency(loaded, method_config.method, {row["id"]: row for row in rows}, missing_fluency)
+        _add_fluency(loaded, {row["id"]: row for row in rows}, missing_fluency, thresholds)
         timings["fluency_backfill_s"] = time.perf_counter() - backfill_start
+    regated = _regate(samples, thresholds)
     fluency_metrics = {
-        "fluency": aggregate_fluency(samples, DEFAULT_THRESHOLDS),
+        "fluency": aggregate_fluency(samples, thresholds),
         "accuracy_fluent": fluent_accuracy(samples),
     }
     if previous is not None:  # only the fluency metrics were missing: keep how the replies were made
         previous["metrics"].update(fluency_metrics)
+        previous["spec"]["fluency"] = gate_info
         previous["fluency_backfill"] = {"git": _git_state(), "timings": timings}
         run_dir.finish(samples, previous, summary_markdown(previous), rewrite_samples=True)
         return previous, run_dir.path
@@ -412,6 +419,7 @@ def _run_in(
                 "n": len(rows),
             },
             "scorer": scorer.info(),
+            "fluency": gate_info,
             "seed": request.seed,
             "hardware": _hardware(generator.device),
             "software": _versions(),
@@ -427,7 +435,7 @@ def _run_in(
         "timings": {**timings, "samples_reused": len(rows) - len(todo)},
         "samples_file": run_dir.samples_path.name,
     }
-    run_dir.finish(samples, results, summary_markdown(results), rewrite_samples=bool(missing_fluency))
+    run_dir.finish(samples, results, summary_markdown(results), rewrite_samples=bool(missing_fluency) or regated)
     return results, run_dir.path
 
 
@@ -444,21 +452,31 @@ def _model_info(loaded, dtype_requested: str) -> dict:
     }
 
 
-def _add_fluency(loaded, method, row_of_id: dict, samples: list[dict]) -> None:
-    """Give `samples` (in place) their fluency records, rebuilding each chat from its SEV row; each
-    distinct (chat, reply) pair is measured once (`none` shares one reply among six targets)."""
-    pairs: dict[str, tuple[list[dict], str]] = {}
+def _add_fluency(loaded, row_of_id: dict, samples: list[dict], thresholds) -> None:
+    """Give `samples` (in place) their fluency records, each reply measured under its SEV row's neutral
+    chat; each distinct (event, reply) pair is measured once (`none` shares one reply among six targets)."""
+    pairs: dict[str, tuple[dict, str]] = {}
     key_of_sample = []
     for sample in samples:
-        messages = method.messages(row_of_id[sample["id"]], sample["target_emotion"])
-        key = json.dumps([messages, sample["completion"]])
-        pairs.setdefault(key, (messages, sample["completion"]))
+        row = row_of_id[sample["id"]]
+        key = json.dumps([row["scenario"], row["event"], sample["completion"]])
+        pairs.setdefault(key, (row, sample["completion"]))
         key_of_sample.append(key)
     keys = list(pairs)
-    records = fluency_records(loaded, [pairs[k][0] for k in keys], [pairs[k][1] for k in keys])
+    records = fluency_records(loaded, [pairs[k][0] for k in keys], [pairs[k][1] for k in keys], thresholds)
     record_of_key = dict(zip(keys, records))
     for sample, key in zip(samples, key_of_sample):
         sample["fluency"] = record_of_key[key]
+
+
+def _regate(samples: list[dict], thresholds) -> bool:
+    """Redraw every sample's fluency verdict under `thresholds` (in place); whether any record changed."""
+    changed = False
+    for sample in samples:
+        record = regate(sample["fluency"], sample["completion"], thresholds)
+        changed = changed or record != sample["fluency"]
+        sample["fluency"] = record
+    return changed
 
 
 def _log(message: str) -> None:
@@ -503,7 +521,7 @@ def _check_legacy_template(run_dir: RunDir, tokenizer, resuming: bool) -> None:
 
 
 def _generate_and_score(
-    generator, method_config, artifact, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total
+    generator, method_config, artifact, scorer, todo, run_dir, own_file, timings, progress, n_done, n_total, thresholds
 ):
     """Generate replies for `todo` rows, score each batch and append it to samples.jsonl at once.
 
@@ -541,7 +559,8 @@ def _generate_and_score(
                 texts.append(reply)
         scores = scorer.score(texts, [row["target_emotion"] for row, _ in batch_rows])
         # Fluency under the unmodified model (the hooks are gone between batches), once per generation.
-        fluency_of = dict(zip(indices, fluency_records(generator.loaded, [conversations[i] for i in indices], replies)))
+        gate_rows = [rows_of_conversation[i][0] for i in indices]
+        fluency_of = dict(zip(indices, fluency_records(generator.loaded, gate_rows, replies, thresholds)))
         fluency = [fluency_of[index] for index in indices for _ in rows_of_conversation[index]]
         records = [
             {

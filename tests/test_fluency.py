@@ -42,6 +42,7 @@ def test_stats_of_a_plain_sentence():
         "distinct_2": 1.0,
         "repetition_rate": 0.0,
         "repeated_4gram": False,
+        "char_loop": False,
     }
 
 
@@ -76,6 +77,7 @@ def test_short_and_empty_replies_have_undefined_ratios():
         "distinct_2": None,
         "repetition_rate": None,
         "repeated_4gram": False,
+        "char_loop": False,
     }
     three = text_stats("no no no")  # fewer than 4 words: no 4-gram can repeat
     assert three["distinct_2"] == 1 / 2 and three["repetition_rate"] is None and not three["repeated_4gram"]
@@ -85,7 +87,27 @@ def test_short_and_empty_replies_have_undefined_ratios():
         "distinct_2": None,
         "repetition_rate": None,
         "repeated_4gram": False,
+        "char_loop": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "looped"),
+    [
+        ("I am so f**@**@**@**@**@**@**@**@**@**@ angry.", True),  # a loop inside one "word"
+        ("hahahahahahahahahahahahahaha that is so funny", True),
+        ("Wow!!!!!!!!!!!!!!!!!!!!!!!!!!!!", True),
+        ("I'm furious!!! How could they do this?", False),  # a short burst is not a loop
+        ("The meeting is at 3 pm, room 204, floor 2.", False),
+        ("Nooo, not again.", False),
+        (" " * 40 + "Fine.", False),  # whitespace is not a loop
+    ],
+)
+def test_character_loops_are_caught_where_the_word_rule_is_blind(text, looped):
+    stats = text_stats(text)
+    assert stats["char_loop"] is looped
+    assert not stats["repeated_4gram"]  # the word-level rule alone would pass every one of them
+    assert fluency_record(stats, 5.0, FluencyThresholds(max_perplexity=50.0))["fluent"] is (not looped)
 
 
 # ---------------------------------------------------------------- perplexity
@@ -166,8 +188,24 @@ def test_empty_reply_has_no_perplexity_and_is_not_fluent(tiny):
     assert perplexities[0] is None and perplexities[2] is None and isinstance(perplexities[1], float)
     record = fluency_record(text_stats(""), None)
     assert record["fluent"] is False and record["perplexity"] is None
-    records = fluency_records(tiny, chats, ["", "I am sad.", ""], thresholds=FluencyThresholds(max_perplexity=1e9))
+    rows = [{"scenario": m[1]["content"].split("\n")[0], "event": m[1]["content"].split("\n")[1]} for m in chats]
+    records = fluency_records(tiny, rows, ["", "I am sad.", ""], thresholds=FluencyThresholds(max_perplexity=1e9))
     assert [r["fluent"] for r in records] == [False, True, False]
+    assert all(r["perplexity_chat"] == "neutral" for r in records)
+
+
+def test_every_method_s_reply_is_measured_under_the_same_neutral_chat(tiny):
+    """The gate takes no side: the same reply to the same event gets the same perplexity whatever chat
+    (prompting's "Always reply in anger.", steering's, none's) produced it."""
+    row = {"scenario": "I went to the office today", "event": "My manager approved the report."}
+    reply = "I'm furious that it took them this long!"
+    neutral = prompts.chat(prompts.NEUTRAL_SYSTEM, row["scenario"], row["event"])
+    (record,) = fluency_records(tiny, [row], [reply])
+    (expected,) = reply_perplexities(tiny, [neutral], [reply])
+    assert record["perplexity"] == expected
+    prompting = prompts.chat(prompts.PROMPTING_SYSTEM_TEMPLATE.format(emotion="anger"), row["scenario"], row["event"])
+    (own_chat,) = reply_perplexities(tiny, [prompting], [reply])
+    assert own_chat != expected  # the old, method-conditioned measure differs (the check is not vacuous)
 
 
 def test_perplexity_refuses_a_hooked_model(tiny):
@@ -199,7 +237,7 @@ def test_gate_needs_words_no_repeated_4gram_and_low_perplexity():
     assert fluency_record(looped, 3.0, thresholds)["fluent"] is False  # loops have low perplexity
     assert fluency_record(text_stats("!!!"), 3.0, thresholds)["fluent"] is False  # no words
     record = fluency_record(plain, 12.0, thresholds)
-    assert record == {**plain, "perplexity": 12.0, "fluent": True}
+    assert record == {**plain, "perplexity": 12.0, "perplexity_chat": "neutral", "fluent": True}
     assert 20 < DEFAULT_THRESHOLDS.max_perplexity < 200
 
 
@@ -232,6 +270,7 @@ def test_aggregate_fluency():
     assert result["distinct_2_mean"] == pytest.approx((1.0 + 4 / 7) / 2)  # "Wow" has no bigram
     assert result["repetition_rate_mean"] == pytest.approx((0.0 + 1 / 5) / 2)
     assert result["repeated_4gram_share"] == 0.25
+    assert result["char_loop_share"] == 0.0
     assert result["fluent_share"] == 0.5
     assert result["thresholds"] == {"max_perplexity": DEFAULT_THRESHOLDS.max_perplexity, "min_words": 1}
     assert "thresholds" not in aggregate_fluency(samples)
