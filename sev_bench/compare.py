@@ -146,6 +146,14 @@ def _decoding(spec: dict) -> dict:
     return {k: v for k, v in spec["generation"].items() if k not in not_decoding}
 
 
+def _gate(spec: dict) -> str:
+    """A run's fluency gate in words: the chat its perplexities were measured under and the bound."""
+    gate = spec.get("fluency")
+    if not gate:
+        return "perplexity under each method's own chat (before the method-neutral gate)"
+    return f"neutral chat, max perplexity {gate['max_perplexity']}"
+
+
 def warnings_for(a: dict, b: dict) -> list[str]:
     """What differs between two runs' specs beyond the method (each makes the comparison less clean)."""
     sa, sb = a["spec"], b["spec"]
@@ -166,6 +174,9 @@ def warnings_for(a: dict, b: dict) -> list[str]:
     backend_a, backend_b = sa["backend"].get("name"), sb["backend"].get("name")
     if backend_a != backend_b:
         found.append(f"backends differ: {backend_a} vs {backend_b}")
+    gate_a, gate_b = (_gate(spec) for spec in (sa, sb))
+    if gate_a != gate_b:
+        found.append(f"fluency gates differ: {gate_a} vs {gate_b} (fluent hits are not comparable; regate both)")
     if sa["dataset"].get("sha256") != sb["dataset"].get("sha256"):
         found.append("dataset sha256 differs (different SEV files)")
     if sa["dataset"].get("split") != sb["dataset"].get("split"):

@@ -23,6 +23,7 @@ from .atomic import write_text_atomic
 from .backends.hf import DEFAULT_MAX_NEW_TOKENS
 from .data import PINNED_COMMIT, SEV_FILES
 from .errors import UserError
+from .fluency import GATE_CHAT
 from .metrics import grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
 from .results import SCHEMA_VERSION, reject_constant
@@ -69,14 +70,22 @@ class Entry:
         return self.spec["method"]["name"]
 
     @property
+    def neutral_gate(self) -> bool:
+        """Whether the run's fluency verdicts come from the method-neutral gate (every reply's perplexity
+        under the same neutral chat); older runs measured each reply under its own method's chat."""
+        return (self.spec.get("fluency") or {}).get("perplexity_chat") == GATE_CHAT
+
+    @property
     def fluent_accuracy(self) -> dict | None:
-        """`metrics.accuracy_fluent` as a grouped block (overall, by valence, ...), or None (no fluency records)."""
+        """`metrics.accuracy_fluent` as a grouped block (overall, by valence, ...), or None (no fluency records,
+        or records of the old, method-conditioned gate)."""
         block = self.results["metrics"].get("accuracy_fluent")
-        return block if isinstance(block, dict) and fluent_cell(block) is not None and "overall" in block else None
+        usable = isinstance(block, dict) and fluent_cell(block) is not None and "overall" in block
+        return block if usable and self.neutral_gate else None
 
     @property
     def fluent(self) -> dict | None:
-        return fluent_cell(self.results["metrics"].get("accuracy_fluent"))
+        return fluent_cell(self.results["metrics"].get("accuracy_fluent")) if self.neutral_gate else None
 
     @property
     def fluent_share(self) -> float | None:
@@ -441,8 +450,11 @@ table per model (and per subset, when a run covers only part of the split).
 target emotion *and* passes the fluency gate (no looping, perplexity under the unmodified model within the
 bound), so a method cannot win by breaking the text. Raw accuracy (`metrics.accuracy`: the scorer's verdict
 alone) stands beside it; per valence and per emotion each cell reads "fluent / raw". "fluent replies" is
-the share of replies that pass the gate. A run without fluency records shows "-" for fluent accuracy and
-ranks after every run that has them (among themselves, by raw accuracy).
+the share of replies that pass the gate. The gate takes no side: every reply's perplexity is measured under
+the same neutral chat, whatever method made it, against a bound calibrated for each model
+(`spec.fluency`). A run without fluency records, or whose records predate that gate (perplexity under its
+own method's chat; `sev-bench fluency regate` measures it again), shows "-" for fluent accuracy and ranks
+after every run that has them (among themselves, by raw accuracy).
 
 **decoding** is the run's generation settings; *own* marks a method that declared decoding other than the
 benchmark's (greedy, {max_new_tokens} new tokens), so its figures are not strictly comparable. The scorer

@@ -92,6 +92,7 @@ def make_spec(
             "labels": list(EMOTIONS),
             "agreement": {"agreement": 0.9},
         },
+        "fluency": {"perplexity_chat": "neutral", "calibrated": True, "max_perplexity": 90.0},
         "seed": 1234,
         "hardware": {"device": "cpu"},
         "software": {},
