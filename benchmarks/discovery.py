@@ -4,8 +4,9 @@
     python benchmarks/discovery.py --quick    # 1 prompt (a few minutes on 2 busy CPU cores)
 
 The loop is what the authors' script does: for every prompt and every (layer, head), one full forward of
-the prompt with that head's slice of the o_proj input zeroed, reading <h_mid, v_attn> at that layer
-(plus one clean forward per prompt and layer). The batched stage (`sev_bench.discovery.circuit.
+the prompt with that head's slice of the o_proj input zeroed, reading <post_attention_layernorm(h_mid),
+v_attn> (the MLP's input; `--head-space residual`: <h_mid, v_attn>) at that layer (plus one clean forward
+per prompt and layer). The batched stage (`sev_bench.discovery.circuit.
 head_importance`) prefills each prompt once without its last token, then runs that token as one decode
 step carrying a clean copy and one copy per head of a layer (per-row specs), and stops the forward after
 the layer it measures. Both use the same random unit directions (the cost does not depend on them) and
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="1 prompt")
+    parser.add_argument("--head-space", default="mlp_input", choices=("mlp_input", "residual"))
     args = parser.parse_args()
     if args.quick:
         args.rows = 1
@@ -59,22 +61,23 @@ def main() -> None:
     directions = torch.nn.functional.normalize(
         torch.randn(len(EMOTIONS), loaded.num_layers, hidden, generator=generator), dim=-1
     )
-    head_importance(loaded, texts[:1], emotions[:1], directions, batch_size=1, max_rows=16)  # warm-up
+    space = args.head_space
+    head_importance(loaded, texts[:1], emotions[:1], directions, space=space, batch_size=1, max_rows=16)  # warm-up
 
     start = time.perf_counter()
     batched, _ = head_importance(
-        loaded, texts, emotions, directions, batch_size=args.batch_size, max_rows=args.rows_per_pass
+        loaded, texts, emotions, directions, space=space, batch_size=args.batch_size, max_rows=args.rows_per_pass
     )
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
-    naive, _ = head_importance_naive(loaded, texts, emotions, directions)
+    naive, _ = head_importance_naive(loaded, texts, emotions, directions, space=space)
     naive_s = time.perf_counter() - start
 
     heads = loaded.num_layers * loaded.num_heads
     device = next(loaded.model.parameters()).device
     print(
         f"model {args.model} ({loaded.num_layers} layers x {loaded.num_heads} heads = {heads}, {args.dtype}, "
-        f"{device}), {len(texts)} prompts, torch threads {torch.get_num_threads()}"
+        f"{device}), {len(texts)} prompts, head space {space}, torch threads {torch.get_num_threads()}"
     )
     print(f"loop     {naive_s:8.2f} s  ({len(texts) * (heads + loaded.num_layers)} forwards of one prompt)")
     print(f"batched  {batched_s:8.2f} s  ({args.rows_per_pass} copies per pass)")

@@ -11,9 +11,10 @@ unit directions of the right shape (cost does not depend on the direction). Pass
 of `--repeats` is kept. Prints `steered_throughput_ratio: X` (steered tokens/s over plain tokens/s).
 
 The circuit case runs the `circuit` method's interventions (protocol step 7) for a random circuit of the
-default budget shape (10 x 2L components, 70% neurons, allocated as by `sev-bench discover circuit` with
-equal importances, so about 14 neurons and 6 heads in every layer of a 30-layer model: 2L hooks) with
-random difference vectors, and ends with `circuit_throughput_ratio: X` (circuit tokens/s over plain).
+default budget (the paper's shares of heads and MLP neurons, allocated as by `sev-bench discover circuit`
+with equal importances: on SmolLM2-135M 4 neurons and 2-3 heads in every layer, 2L hooks; the cost does not
+depend on how many components are selected, each hook adds one dense masked value) with random difference
+vectors, and ends with `circuit_throughput_ratio: X` (circuit tokens/s over plain).
 """
 
 from __future__ import annotations

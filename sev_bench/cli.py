@@ -524,8 +524,26 @@ def _add_discovery_commands(commands) -> None:
     circuit.add_argument("--limit", type=int, help="only the first N train rows, themes interleaved")
     circuit.add_argument("--accept", default="all", choices=("all", "scorer"), help="as for `discover directions`")
     circuit.add_argument("--output-dir", help="artifact dir (default: the cache, keyed by model and inputs)")
-    circuit.add_argument("--budget-per-sublayer", type=_finite, default=10.0, help="K_total = this x 2 x layers (10)")
-    circuit.add_argument("--neuron-share", type=_finite, default=0.7, help="share of the budget for neurons (0.7)")
+    circuit.add_argument(
+        "--head-space",
+        default="mlp_input",
+        choices=("mlp_input", "residual"),
+        help="where head importance is read: the MLP's input, post_attention_layernorm(h_mid), as the authors "
+        "(default), or the raw mid residual",
+    )
+    circuit.add_argument(
+        "--budget-rule",
+        default="paper_shares",
+        choices=("paper_shares", "per_sublayer"),
+        help="circuit size: the paper's shares of heads (25%%) and MLP neurons (0.171%%) (default), or "
+        "--budget-per-sublayer x 2 x layers split by --neuron-share",
+    )
+    circuit.add_argument(
+        "--budget-per-sublayer", type=_finite, default=10.0, help="per_sublayer: K_total = this x 2 x layers (10)"
+    )
+    circuit.add_argument(
+        "--neuron-share", type=_finite, default=0.7, help="per_sublayer: share of the budget for neurons (0.7)"
+    )
     circuit.add_argument(
         "--rows-per-pass", type=int, default=128, help="prompt copies per batched forward pass (128; more on a GPU)"
     )
@@ -615,6 +633,8 @@ def _discover_circuit(args) -> None:
     config = CircuitConfig(
         accept=args.accept,
         limit=args.limit,
+        head_space=args.head_space,
+        budget_rule=args.budget_rule,
         budget_per_sublayer=args.budget_per_sublayer,
         neuron_share=args.neuron_share,
     )
@@ -641,9 +661,16 @@ def _discover_circuit(args) -> None:
             for name, info in meta["timings"].items()
         )
     )
+    budget = meta["budget"]
+    shares = budget.get("shares") or circuit.results_info()["shares"]
     print(
-        f"budget: {meta['budget']['neurons']} neurons + {meta['budget']['heads']} heads per emotion; mean pairwise "
-        f"Jaccard heads {meta['jaccard']['heads']['mean']:.3f}, neurons {meta['jaccard']['neurons']['mean']:.3f}"
+        f"budget ({budget.get('rule', 'per_sublayer')}): "
+        + " + ".join(
+            f"{shares[kind]['selected']} {kind} of {shares[kind]['total']} ({shares[kind]['percent']:.3g}%)"
+            for kind in ("neurons", "heads")
+        )
+        + f" per emotion; mean pairwise Jaccard heads {meta['jaccard']['heads']['mean']:.3f}, neurons "
+        f"{meta['jaccard']['neurons']['mean']:.3f}"
     )
 
 

@@ -11,6 +11,8 @@ Sites (module paths come from the model's `ArchAdapter`):
 - `attn_head`: the input of the attention output projection, split per head (`index` = head numbers);
 - `mlp_neuron`: the input of the MLP down projection, i.e. the gated activations (`index` = neurons);
 - `resid_mid` (capture only): the residual after the attention sublayer, `h_in + attn_out`;
+- `mlp_in` (capture only): the input of the layer's MLP block, i.e. the normalised mid residual the MLP
+  reads (`post_attention_layernorm(h_mid)` in Llama / Qwen: h_mid / RMS(h_mid) times the norm's gain);
 - `resid_final` (capture only, layer = the last layer): the output of the model's final norm, i.e. the
   post-norm last hidden state the LM head reads.
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SITES = ("resid_post", "attn_out", "mlp_out", "attn_head", "mlp_neuron")
-CAPTURE_SITES = ("resid_mid", "resid_post", "attn_head", "mlp_neuron", "resid_final")
+CAPTURE_SITES = ("resid_mid", "mlp_in", "resid_post", "attn_head", "mlp_neuron", "resid_final")
 OPS = ("add", "scale", "set", "ablate")
 POSITIONS = ("last_prompt", "prompt", "generated")
 NORMS = ("none", "rms")
@@ -144,9 +146,10 @@ class HookSession:
                 raise ValueError(f"resid_final is read after the last layer: give layer {n_layers - 1}")
         if self.stop_after is not None:
             site, layer = self.stop_after
-            if site not in ("resid_mid", "resid_post", "resid_final") or not 0 <= layer < n_layers:
+            if site not in ("resid_mid", "mlp_in", "resid_post", "resid_final") or not 0 <= layer < n_layers:
                 raise ValueError(
-                    f"stop_after={self.stop_after!r}: expected (resid_mid|resid_post|resid_final, layer in range)"
+                    f"stop_after={self.stop_after!r}: expected (resid_mid|mlp_in|resid_post|resid_final, "
+                    "layer in range)"
                 )
         for spec in self.specs:
             width = self._site_width(spec.site)
@@ -221,11 +224,18 @@ class HookSession:
                 module = self.loaded.model.get_submodule(adapter.final_norm)
             elif site == "resid_post":
                 module = self.loaded.layer(layer)
+            elif site == "mlp_in":  # before the MLP runs: its input is all that is read
+                module = self._module(layer, adapter.mlp)
+                self._handles.append(module.register_forward_pre_hook(self._stop_before))
+                return
             else:
                 module = self._module(layer, adapter.attn_residual)
             self._handles.append(module.register_forward_hook(self._stop))
 
     def _stop(self, module, args, output) -> None:
+        raise ForwardStopped(self)
+
+    def _stop_before(self, module, args) -> None:
         raise ForwardStopped(self)
 
     def _register_capture(self, capture: Capture) -> None:
@@ -254,6 +264,13 @@ class HookSession:
             )
             module = self._module(capture.layer, adapter.attn_residual)
             self._handles.append(module.register_forward_hook(add_attention))
+        elif capture.site == "mlp_in":
+
+            def read_mlp_input(module, args, kwargs):
+                self._record(key, args[0] if args else next(iter(kwargs.values())), capture.decode)
+
+            module = self._module(capture.layer, adapter.mlp)
+            self._handles.append(module.register_forward_pre_hook(read_mlp_input, with_kwargs=True))
         else:
             path = adapter.attn_out_proj if capture.site == "attn_head" else adapter.mlp_down_proj
             module = self._module(capture.layer, path)

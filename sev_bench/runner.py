@@ -485,12 +485,18 @@ def _log(message: str) -> None:
 
 def _artifact_info(artifact) -> dict | None:
     """The artifact's sha256 and where it lies; a path inside the cache is written relative to
-    `$SEV_BENCH_CACHE`, so result files do not carry one machine's paths."""
+    `$SEV_BENCH_CACHE`, so result files do not carry one machine's paths. An artifact with a
+    `results_info()` adds what it says about itself (a circuit: the head space, the budget rule and the
+    shares of heads and neurons it selects)."""
     if artifact is None:
         return None
     from .paths import shown_path
 
-    return {"path": shown_path(artifact.path), "sha256": artifact.sha256}
+    info = {"path": shown_path(artifact.path), "sha256": artifact.sha256}
+    describe = getattr(artifact, "results_info", None)
+    if callable(describe):
+        info.update(describe())
+    return info
 
 
 def _template_info(generator) -> dict:

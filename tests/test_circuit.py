@@ -13,24 +13,32 @@ from sev_bench.backends.hf import render_prompt
 from sev_bench.cli import main
 from sev_bench.data import dataset_fingerprint, load_sev
 from sev_bench.discovery.circuit import (
+    PAPER_SHARES,
     CircuitConfig,
     LastTokenBatch,
     aligned_to,
     allocate,
+    analysis_key,
     check_circuit,
+    circuit_budget,
+    circuit_key,
+    default_circuit_dir,
     difference_vectors,
     difference_vectors_from_sums,
     discover_circuit,
     down_proj_betas,
     head_importance,
     head_importance_naive,
+    integrate,
     jaccard_matrix,
     layer_caps,
     load_circuit,
     neuron_contributions,
     normalise_importance,
+    paper_share_budget,
     reference_direction,
     reference_layers,
+    selection_shares,
     split_budget,
     sublayer_importance,
     top_mask,
@@ -134,6 +142,50 @@ def test_allocation_reproduces_the_protocols_worked_example():
     assert sum(heads) == 168 and heads[26:] == [24, 24] and set(heads[:26]) == {4, 5}  # 64 backfilled evenly
 
 
+# (layers, heads per layer, MLP width) of the models the budget is checked on.
+SMOLLM2_135M, QWEN25_15B, LLAMA32_3B = (30, 9, 1536), (28, 12, 8960), (28, 24, 8192)
+
+
+def test_paper_share_budget_keeps_the_papers_sparsity_on_real_dimensions():
+    """The default budget keeps the shares the paper's 560 = 392 + 168 selects on Llama-3.2-3B-Instruct
+    (672 heads, 28 x 8192 = 229,376 MLP neurons): 25% of the heads, 0.171% of the neurons."""
+    assert PAPER_SHARES["heads"] == {"selected": 168, "total": 672, "percent": 25.0}
+    assert PAPER_SHARES["neurons"] == {"selected": 392, "total": 229_376, "percent": 0.1709}
+    # The paper's model: exactly its budget, the same as the per-sublayer rule there.
+    assert paper_share_budget(*LLAMA32_3B, min_neurons=4, min_heads=2) == (392, 168) == split_budget(28, 10, 0.7)
+    assert circuit_budget(CircuitConfig(), *LLAMA32_3B) == (392, 168)
+    # SmolLM2-135M: 25% of 270 heads = 67.5 -> 68 (half up); 7/4096 of 46,080 neurons = 78.75 -> 79, raised to
+    # the 4 x 30 = 120 the per-layer minimum takes. The per-sublayer rule took 180 heads (67%) and 420 neurons.
+    assert paper_share_budget(*SMOLLM2_135M) == (79, 68)
+    assert circuit_budget(CircuitConfig(), *SMOLLM2_135M) == (120, 68)
+    assert circuit_budget(CircuitConfig(budget_rule="per_sublayer"), *SMOLLM2_135M) == (420, 180)
+    # Qwen2.5-1.5B: 84 of 336 heads (25%), 428.75 -> 429 of 250,880 neurons (0.171%); the old rule: 168 heads.
+    assert circuit_budget(CircuitConfig(), *QWEN25_15B) == (429, 84)
+    assert circuit_budget(CircuitConfig(budget_rule="per_sublayer"), *QWEN25_15B) == (392, 168)
+    # Minimums bind on a small model: 2 of 4 heads per layer is already half the heads.
+    assert circuit_budget(CircuitConfig(), 4, 4, 128) == (16, 8)
+
+    # Integrated (step 6b) on SmolLM2's shapes, the masks select exactly those shares for every emotion.
+    generator = torch.Generator().manual_seed(4)
+    layers, heads, d_ff = SMOLLM2_135M
+    importance = torch.rand(6, layers, 2, generator=generator)
+    neurons, selected_heads, counts = integrate(
+        importance,
+        torch.randn(6, layers, d_ff, generator=generator),
+        torch.randn(6, layers, heads, generator=generator),
+        CircuitConfig(),
+        heads,
+        log=lambda message: None,
+    )
+    shares = selection_shares(neurons, selected_heads)
+    assert shares == {
+        "heads": {"selected": 68, "total": 270, "percent": 25.1852},
+        "neurons": {"selected": 120, "total": 46_080, "percent": 0.2604},
+    }
+    assert all(counts[e]["neurons"] == [4] * layers for e in EMOTIONS)  # the minimum is the whole budget
+    assert all(sum(counts[e]["heads"]) == 68 and min(counts[e]["heads"]) >= 2 for e in EMOTIONS)
+
+
 def test_top_mask_and_jaccard():
     scores = torch.tensor([[0.1, 0.5, 0.3, 0.5], [1.0, -1.0, 0.0, 2.0]])
     mask = top_mask(scores, [2, 1])
@@ -190,20 +242,24 @@ def test_contributions_sum_to_the_mlp_outputs_projection(tiny):
 
 def test_batched_head_importance_matches_the_loop_and_a_zero_slice_changes_nothing(tiny):
     """Zero the value projection of KV head 0 in layer 1: the query heads that read it (0 and 1, GQA) output
-    zeros, so zeroing their slice must change nothing, exactly; the other heads still matter."""
+    zeros, so zeroing their slice must change nothing, exactly, in either space; the other heads still
+    matter."""
     loaded = load_model(tiny.model_id, dtype="float32", device="cpu")  # a copy: its weights are edited
     with torch.no_grad():
         loaded.layer(1).self_attn.v_proj.weight[: loaded.head_dim] = 0
     directions = _random_directions(loaded, 1)
     texts = _texts(loaded, 5)
     emotions = torch.tensor([0, 3, 0, 5, 1])
-    batched, counts = head_importance(loaded, texts, emotions, directions, batch_size=2, max_rows=12)
-    naive, naive_counts = head_importance_naive(loaded, texts, emotions, directions)
-    assert torch.equal(counts, naive_counts) and counts.tolist() == [2, 1, 0, 1, 0, 1]
-    torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-6)
-    assert torch.equal(batched[:, 1, :2], torch.zeros(6, 2))
-    assert float(batched[:, 1, 2:].abs().max()) > 0
-    # The importance is the head's direct effect at the same layer: <W_O[:, slice] x_head, v>.
+    results = {}
+    for space in ("mlp_input", "residual"):
+        batched, counts = head_importance(loaded, texts, emotions, directions, space=space, batch_size=2, max_rows=12)
+        naive, naive_counts = head_importance_naive(loaded, texts, emotions, directions, space=space)
+        assert torch.equal(counts, naive_counts) and counts.tolist() == [2, 1, 0, 1, 0, 1]
+        torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-6)
+        assert torch.equal(batched[:, 1, :2], torch.zeros(6, 2))
+        assert float(batched[:, 1, 2:].abs().max()) > 0
+        results[space] = batched
+    # On the raw residual the importance is the head's direct effect at the same layer: <W_O[:, slice] x_head, v>.
     encoded = loaded.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with HookSession(loaded, captures=[Capture("attn_head", 2)]) as session, torch.inference_mode():
         loaded.model(**encoded)
@@ -212,8 +268,75 @@ def test_batched_head_importance_matches_the_loop_and_a_zero_slice_changes_nothi
     direct = torch.einsum("dhk,nhk->nhd", weight, x)  # [5, heads, hidden]
     projected = torch.einsum("nhd,nd->nh", direct, directions[emotions, 2])
     expected = torch.zeros(6, loaded.num_heads).index_add_(0, emotions, projected)
-    torch.testing.assert_close(batched[:, 2], expected, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(results["residual"][:, 2], expected, rtol=1e-3, atol=1e-5)
     assert handle_count(loaded.model) == 0
+
+
+def _rms_norm_by_hand(norm, states):
+    """What an RMSNorm module computes, written out: gain * h / sqrt(mean(h^2) + eps)."""
+    return norm.weight.detach() * states / (states.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+
+
+def test_head_importance_on_the_mlp_input_is_the_authors_reading(tiny):
+    """The default head importance (head_space=mlp_input) is, at the last prompt token,
+    <N(h_mid), v> - <N(h_mid - W_O[:, head] x_head), v> with N the layer's post_attention_layernorm (its
+    gain made non-trivial here): what the authors' script reads as the MLP's input. It differs from the
+    raw-residual reading."""
+    loaded = load_model(tiny.model_id, dtype="float32", device="cpu")  # a copy: its norms are edited
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in range(loaded.num_layers):
+            norm = loaded.layer(layer).post_attention_layernorm
+            norm.weight.copy_(0.2 + 2 * torch.rand(norm.weight.shape, generator=generator))
+    directions = _random_directions(loaded, 2)
+    texts = _texts(loaded, 4)
+    emotions = torch.tensor([2, 0, 2, 4])
+    default, _ = head_importance(loaded, texts, emotions, directions, batch_size=2, max_rows=12)
+    residual, _ = head_importance(loaded, texts, emotions, directions, space="residual", batch_size=2, max_rows=12)
+
+    encoded = loaded.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    layers, heads, head_dim = loaded.num_layers, loaded.num_heads, loaded.head_dim
+    captures = [Capture(site, layer) for layer in range(layers) for site in ("resid_mid", "attn_head")]
+    with HookSession(loaded, captures=captures) as session, torch.inference_mode():
+        loaded.model(**encoded)
+    expected = torch.zeros(6, layers, heads)
+    for layer in range(layers):
+        mid = session.captured[("resid_mid", layer)][0]  # [4, d]
+        x = session.captured[("attn_head", layer)][0].view(len(texts), heads, head_dim)
+        weight = loaded.layer(layer).self_attn.o_proj.weight.detach().view(-1, heads, head_dim)
+        masked = mid[:, None] - torch.einsum("dhk,nhk->nhd", weight, x)  # [4, heads, d]: h_mid without the head
+        norm = loaded.layer(layer).post_attention_layernorm
+        v = directions[emotions, layer]  # [4, d]
+        clean = (_rms_norm_by_hand(norm, mid) * v).sum(-1)  # [4]
+        without = (_rms_norm_by_hand(norm, masked) * v[:, None]).sum(-1)  # [4, heads]
+        expected[:, layer].index_add_(0, emotions, clean[:, None] - without)
+    torch.testing.assert_close(default, expected, rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(default, residual, rtol=1e-2, atol=1e-3)
+    assert handle_count(loaded.model) == 0
+
+
+def test_head_space_and_budget_rule_are_in_the_circuit_key(qwen):
+    """Both settings are part of a circuit's identity, so a circuit cached under the old meaning is not
+    reused: head_space changes the analysis (and the cache folder), budget_rule the integration only (the
+    stages are reused, the artifact is rebuilt)."""
+    fingerprint = {"train": "1" * 64, "test": "2" * 64}
+
+    def key(**settings):
+        return circuit_key(qwen, fingerprint, None, "d" * 64, CircuitConfig(**settings), "float32")
+
+    default, residual, per_sublayer = key(), key(head_space="residual"), key(budget_rule="per_sublayer")
+    assert default["config"]["head_space"] == "mlp_input" and default["integration"]["budget_rule"] == "paper_shares"
+    assert default != residual and analysis_key(default) != analysis_key(residual)
+    assert default_circuit_dir(default) != default_circuit_dir(residual)
+    assert default != per_sublayer and analysis_key(default) == analysis_key(per_sublayer)
+    assert default_circuit_dir(default) == default_circuit_dir(per_sublayer)
+    # A key written before these settings existed matches neither.
+    old = {**analysis_key(default), "config": {k: v for k, v in default["config"].items() if k != "head_space"}}
+    assert old not in (default, analysis_key(default))
+    with pytest.raises(UserError, match="head_space"):
+        CircuitConfig(head_space="normalised")
+    with pytest.raises(UserError, match="budget_rule"):
+        CircuitConfig(budget_rule="dense")
 
 
 def test_last_token_batch_equals_a_full_forward(tiny):
@@ -299,9 +422,7 @@ def _discover(loaded, directions, rows, sev_data_dir, out, log=lambda message: N
 @pytest.fixture(scope="module")
 def discovered(qwen, qwen_directions, train_rows, sev_data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("circuit")
-    circuit, reused = _discover(
-        qwen, qwen_directions, train_rows, sev_data_dir, out, report=True, budget_per_sublayer=4
-    )
+    circuit, reused = _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, report=True)
     assert not reused
     return circuit
 
@@ -312,12 +433,25 @@ def test_discovery_writes_a_complete_checked_artifact(discovered, qwen, qwen_dir
     assert tensors["neurons"].shape == (6, layers, d_ff) and tensors["heads"].shape == (6, layers, heads)
     assert tensors["dmu_mlp"].shape == (6, layers, d_ff)
     assert tensors["dmu_attn"].shape == (6, layers, heads * qwen.head_dim)
-    # budget 4 x 8 sublayers = 32: 22 neurons + 10 heads per emotion, at least 2 heads per layer (quota)
-    assert meta["budget"] == {"neurons": 22, "heads": 10, "total": 32, "selected": {"neurons": 22, "heads": 10}}
+    # The paper's shares (the default rule) of 4 x 4 heads and 4 x 128 neurons are 4 heads and 1 neuron,
+    # raised to the per-layer minimums: 2 heads and 4 neurons per layer, i.e. 8 heads + 16 neurons.
+    assert meta["head_space"] == "mlp_input" and meta["config"]["head_space"] == "mlp_input"
+    assert meta["budget"] == {
+        "rule": "paper_shares",
+        "neurons": 16,
+        "heads": 8,
+        "total": 24,
+        "selected": {"neurons": 16, "heads": 8},
+        "shares": {
+            "heads": {"selected": 8, "total": 16, "percent": 50.0},
+            "neurons": {"selected": 16, "total": 512, "percent": 3.125},
+        },
+        "paper_shares": PAPER_SHARES,
+    }
     for e, emotion in enumerate(EMOTIONS):
         counts = meta["counts_per_layer"][emotion]
-        assert tensors["neurons"][e].sum(-1).tolist() == counts["neurons"] and sum(counts["neurons"]) == 22
-        assert tensors["heads"][e].sum(-1).tolist() == counts["heads"] and min(counts["heads"]) >= 2
+        assert tensors["neurons"][e].sum(-1).tolist() == counts["neurons"] == [4] * layers
+        assert tensors["heads"][e].sum(-1).tolist() == counts["heads"] == [2] * layers
     assert meta["model"]["id"] == "tiny-random-qwen2" and meta["scorer"] is None and meta["scorer_sha256"] is None
     assert meta["directions"]["sha256"] == qwen_directions.sha256 and meta["groups"] == 24
     assert set(meta["dataset_sha256"]) == {"train", "test"}
@@ -338,6 +472,12 @@ def test_discovery_writes_a_complete_checked_artifact(discovered, qwen, qwen_dir
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "## Wall time per stage" in report and "Jaccard" in report
+    # The report states the space head importance was read in and compares the shares with the paper's.
+    assert "`head_space: mlp_input`" in report and "post_attention_layernorm(h_mid)" in report
+    assert "head importance in the same space, the MLP's input" in report
+    assert "selected per emotion: heads 8 / 16 (50%), MLP neurons 16 / 512 (3.12%)" in report
+    assert "heads 168 / 672 (25%), neurons 392 / 229,376 (0.171%)" in report
+    assert "rule `paper_shares`" in report
     csv_lines = (out / "validation.csv").read_text().splitlines()
     # 6 emotions x (neurons: 2 k x (2 ablate + 2 enhance) + heads: same) = 96 rows + header
     assert len(csv_lines) == 97 and csv_lines[0].startswith("emotion,kind,layer,mode,selection,k,scale,n")
@@ -353,30 +493,39 @@ def test_discovery_resumes_stages_and_redoes_only_the_integration(
 ):
     out = discovered.path
     messages = []
-    again, reused = _discover(
-        qwen, qwen_directions, train_rows, sev_data_dir, out, messages.append, budget_per_sublayer=4
-    )
+    again, reused = _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, messages.append)
     assert reused and again.sha256 == discovered.sha256
-    # Another budget: every analysis stage is reused, only the integration is redone.
+    # Another budget (the per-sublayer rule: 5 x 8 sublayers = 40): every analysis stage is reused, only the
+    # integration is redone.
     messages.clear()
     other, reused = _discover(
-        qwen, qwen_directions, train_rows, sev_data_dir, out, messages.append, budget_per_sublayer=5
+        qwen,
+        qwen_directions,
+        train_rows,
+        sev_data_dir,
+        out,
+        messages.append,
+        budget_rule="per_sublayer",
+        budget_per_sublayer=5,
     )
-    assert not reused and other.metadata["budget"]["total"] == 40
+    assert not reused and other.metadata["budget"]["total"] == 40 and other.metadata["budget"]["rule"] == "per_sublayer"
+    assert other.metadata["budget"]["shares"]["heads"] == {"selected": 12, "total": 16, "percent": 75.0}
     assert sum("reusing" in m for m in messages) == 4
     assert all(other.metadata["timings"][s]["reused"] for s in ("activations", "heads", "sublayers", "validation"))
     # A killed discovery (here: the heads stage lost) recomputes that stage only.
     (out / "stages" / "heads.json").unlink()
     messages.clear()
-    back, _ = _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, messages.append, budget_per_sublayer=4)
+    back, _ = _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, messages.append)
     assert sum("reusing" in m for m in messages) == 3 and back.sha256 == discovered.sha256
-    # Other analysis inputs in the same explicit dir are refused.
+    # Other analysis inputs in the same explicit dir are refused, the head space among them.
     with pytest.raises(UserError, match="other inputs"):
         _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, alphas=(0.2,))
+    with pytest.raises(UserError, match="other inputs"):
+        _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, head_space="residual")
     (out / "circuit.safetensors").write_bytes(b"tampered")
     with pytest.raises(UserError, match="does not match"):
         load_circuit(out)
-    _discover(qwen, qwen_directions, train_rows, sev_data_dir, out, budget_per_sublayer=4)  # repaired
+    _discover(qwen, qwen_directions, train_rows, sev_data_dir, out)  # repaired
 
 
 def test_circuit_refuses_another_model_dataset_or_scorer(discovered, qwen, sev_data_dir, tmp_path, capsys):
@@ -500,6 +649,12 @@ def test_run_discovers_first_and_scale_zero_gives_exactly_the_replies_of_none(tm
     assert zero == plain
     artifact = results["spec"]["method"]["artifact"]
     assert len(artifact["sha256"]) == 64 and "circuits" in artifact["path"]
+    # The run records how the circuit was made and the shares of the model's heads and neurons it selects.
+    assert artifact["head_space"] == "mlp_input" and artifact["budget_rule"] == "paper_shares"
+    assert artifact["shares"] == {
+        "heads": {"selected": 8, "total": 16, "percent": 50.0},
+        "neurons": {"selected": 16, "total": 512, "percent": 3.125},
+    }
     assert results["spec"]["method"]["params"]["system_prompt"] == prompts.NEUTRAL_SYSTEM
     _, strong = _run(tmp_path, "strong", "circuit", ["discovery_limit=144", "scale=200"])
     assert "no emotion circuit cached" not in capsys.readouterr().err  # the second run reuses it
@@ -522,6 +677,10 @@ def test_circuit_parameters_and_tuning(tmp_path):
         resolve_method("circuit", ["scale=strong"])
     with pytest.raises(UserError, match="accept"):
         resolve_method("circuit", ["accept=some"])
+    with pytest.raises(UserError, match="head_space"):
+        resolve_method("circuit", ["head_space=normalised"])
+    with pytest.raises(UserError, match="budget_rule"):
+        resolve_method("circuit", ["budget_rule=dense"])
     config = resolve_method("circuit")
     assert config.method.params["scale"] == 1.0 and config.method.kind == "circuit"
     assert config.decoding_policy == "benchmark-default"

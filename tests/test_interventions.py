@@ -51,8 +51,9 @@ def _every_site_specs(tiny, add: float, scale: float) -> list[InterventionSpec]:
             InterventionSpec("resid_post", layer, "add", torch.full((hidden,), add), positions=ALL_POSITIONS),
             InterventionSpec("attn_out", layer, "add", torch.full((hidden,), add), positions=ALL_POSITIONS),
             InterventionSpec("mlp_out", layer, "scale", scale, positions=ALL_POSITIONS),
-            InterventionSpec("attn_head", layer, "add", torch.full((tiny.head_dim,), add), index=1,
-                             positions=ALL_POSITIONS),
+            InterventionSpec(
+                "attn_head", layer, "add", torch.full((tiny.head_dim,), add), index=1, positions=ALL_POSITIONS
+            ),
             InterventionSpec("mlp_neuron", layer, "scale", scale, index=(0, 5, 7), positions=ALL_POSITIONS),
             InterventionSpec("resid_post", layer, "add", torch.full((hidden,), add), norm="rms"),
             InterventionSpec("mlp_neuron", layer, "add", torch.full((inner,), add)),
@@ -181,6 +182,38 @@ def test_resid_mid_is_layer_input_plus_attention_output(tiny):
         handle.remove()
     expected = (states[layer] + outputs["attn"])[:, -1]
     torch.testing.assert_close(session.captured[("resid_mid", layer)][0], expected)
+
+
+def test_mlp_in_is_the_normalised_mid_residual_and_can_stop_the_forward(tiny):
+    """`mlp_in` = post_attention_layernorm(h_mid) (RMS-normalised, times the gain), what the MLP reads;
+    `stop_after=("mlp_in", l)` ends the forward before layer l's MLP, with the capture already taken."""
+    encoded = _encode(tiny, 2)
+    layer = 1
+    hooks = handle_count(tiny.model)  # transformers may keep its own (output recording)
+    norm = tiny.layer(layer).post_attention_layernorm
+    captures = [Capture("resid_mid", layer), Capture("mlp_in", layer)]
+    with HookSession(tiny, captures=captures) as session, torch.inference_mode():
+        tiny.model(**encoded)
+    mid = session.captured[("resid_mid", layer)][0]
+    gain = 0.5 + torch.arange(mid.shape[-1]) / mid.shape[-1]  # the tiny models' gain is 1: use another
+    with torch.no_grad():
+        saved = norm.weight.clone()
+        norm.weight.copy_(gain)
+    try:
+        with HookSession(tiny, captures=captures) as session, torch.inference_mode():
+            tiny.model(**encoded)
+        later = [*captures, Capture("resid_post", layer)]
+        with HookSession(tiny, captures=later, stop_after=("mlp_in", layer)) as stopped, torch.inference_mode():
+            tiny.model(**encoded)
+    finally:
+        with torch.no_grad():
+            norm.weight.copy_(saved)
+    mid = session.captured[("resid_mid", layer)][0]
+    expected = gain * mid / (mid.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+    torch.testing.assert_close(session.captured[("mlp_in", layer)][0], expected)
+    torch.testing.assert_close(stopped.captured[("mlp_in", layer)][0], expected)
+    assert ("resid_post", layer) not in stopped.captured  # the MLP never ran
+    assert handle_count(tiny.model) == hooks
 
 
 def test_ops_on_heads_and_neurons(tiny):

@@ -15,11 +15,20 @@ Stages (`sev-bench discover circuit`), each cached in `<output dir>/stages/` so 
    - sigma_{L,p}: the mean RMS of the last-token residual after the attention sublayer (p=attn) and after
      the layer (p=mlp; before the final norm, also in the last layer).
 2. `heads` (step 4b): importance of head h of layer l = mean over the emotion's accepted rows of
-   `s - s_masked`, with `s = <h_mid^(l), v_e,attn^(l)>` at the last prompt token and `s_masked` the same
-   with the head's slice of the o_proj input zeroed. Batched: each prompt is prefilled once without its
-   last token; then one decode step runs that token for many copies of each prompt, every copy zeroing a
-   different head (per-row specs), and the forward stops after the deepest layer measured. Zeroing at the
-   last token is exact here: o_proj acts per position and `s` is read at the same layer.
+   `s - s_masked`, with `s = <m^(l), v_e,attn^(l)>` at the last prompt token and `s_masked` the same
+   with the head's slice of the o_proj input zeroed. `m` depends on `head_space`:
+   - `mlp_input` (default, as the authors' script computes it): the MLP's actual input,
+     `post_attention_layernorm(h_mid)` = h_mid / RMS(h_mid) times the norm's learned gain. The paper's
+     head-importance figures (top head 1.1-2.4, median about 0.001) are in this space.
+   - `residual`: the raw mid-layer residual h_mid = h_in + attn_out (sev-bench's reading before issue 14:
+     the head's direct effect <W_O[:, head] x_head, v>, linear in the head's output).
+   The direction v_e,attn is the same in both: the directions artifact's `attn` direction, read on the raw
+   h_mid, which is also where the authors read theirs (attention output + residual, no norm); so the
+   default projects the normalised MLP input on a raw-residual direction, exactly as the authors do.
+   Batched: each prompt is prefilled once without its last token; then one decode step runs that token
+   for many copies of each prompt, every copy zeroing a different head (per-row specs), and the forward
+   stops after the deepest layer measured (before its MLP). Zeroing at the last token is exact here:
+   o_proj acts per position and `s` is read at the same layer.
 3. `sublayers` (step 6a): `I_{L,p} = (mean <h_final', v_ref> - mean <h_final, v_ref>) / (alpha sigma_{L,p})`
    with `alpha sigma_{L,p} v_hat` added to the sublayer output at the last token of the neutral prompt (no
    emotion), h_final the post-norm last hidden state, v_ref the sign-aligned mean of the attn and mlp
@@ -28,15 +37,25 @@ Stages (`sev-bench discover circuit`), each cached in `<output dir>/stages/` so 
    (emotion, alpha, sublayer)).
 4. `validation` (paper section 6): at the most important layer of each kind (or given layers), ablation
    of the top-k neurons / heads vs k random ones, and enhancement (adding `scale * dmu` to those components),
-   over a grid of k and scales; the score is the ranking's projection at that layer and <h_final, v_ref>.
-5. integration (step 6b): budget `budget_per_sublayer * 2 * layers`, split neuron_share / rest, a minimum
-   per layer, the rest proportional to max(I, 0) (floor + largest remainder), capped at
-   `cap_fraction * K_kind` (and the heads a layer has), backfilled; then the top neurons by C_mean and
-   heads by importance in each layer. Cheap; redone when only its settings change.
+   over a grid of k and scales; the score is the ranking's projection at that layer (for heads in the
+   `head_space` they were ranked in) and <h_final, v_ref>.
+5. integration (step 6b): the budget per kind, then a minimum per layer, the rest proportional to
+   max(I, 0) (floor + largest remainder), capped at `cap_fraction * K_kind` (and the heads a layer has),
+   backfilled; then the top neurons by C_mean and heads by importance in each layer. The budget
+   (`budget_rule`):
+   - `paper_shares` (default): the shares the paper's budget selects on its model, Llama-3.2-3B-Instruct
+     (28 layers x 24 heads, MLP width 8192): K_heads = round(168/672 x this model's heads) (25%),
+     K_neurons = round(392/229,376 x this model's MLP neurons) (0.171%); each at least the per-layer
+     minimums x layers. A budget of 10 per sublayer keeps neither share on a smaller model (SmolLM2-135M:
+     180 of 270 heads, 67%), so the old rule made a dense circuit of a small model.
+   - `per_sublayer` (before issue 14): `budget_per_sublayer * 2 * layers`, split neuron_share / rest
+     (560 = 392 + 168 on the paper's model, so both rules agree there).
+   Cheap; redone when only its settings change.
 
 The artifact (folder): `circuit.safetensors` (`neurons` [6, L, d_ff] and `heads` [6, L, H] selection
 masks, `dmu_mlp` [6, L, d_ff], `dmu_attn` [6, L, H*head_dim]), `circuit.json` (the selected indices),
-`metadata.json` (model, dataset, scorer, directions sha256, config, timings; written last), `report.md`
+`metadata.json` (model, dataset, scorer, directions sha256, config, the budget and the shares of heads and
+neurons selected, timings; written last), `report.md`
 + PNGs, `validation.csv`, and `stages/` (the per-stage analysis tensors).
 """
 
@@ -47,10 +66,12 @@ import csv
 import hashlib
 import inspect
 import json
+import math
 import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from .. import __version__, prompts
@@ -74,6 +95,16 @@ STAGES = ("activations", "heads", "sublayers", "validation")
 KINDS = ("neurons", "heads")
 # v_ref: the protocol's layers 21-25 of Llama-3.2-3B's 28, as a fraction of depth.
 REFERENCE_LAYERS = (21 / 28, 5 / 28)  # first layer, number of layers
+# head_space -> the capture site the head importance (and the heads' validation score) reads.
+HEAD_SPACES = {"mlp_input": "mlp_in", "residual": "resid_mid"}
+BUDGET_RULES = ("paper_shares", "per_sublayer")
+# The paper's setup (protocol step 6b): Llama-3.2-3B-Instruct, 28 layers x 24 heads, MLP width 8192;
+# K_total = 560 = 10 x 56 sublayers, 392 neurons (0.7) + 168 heads per emotion.
+PAPER_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
+PAPER_LAYERS, PAPER_HEADS_PER_LAYER, PAPER_D_FF = 28, 24, 8192
+PAPER_K_NEURONS, PAPER_K_HEADS = 392, 168
+PAPER_TOTAL_HEADS = PAPER_LAYERS * PAPER_HEADS_PER_LAYER  # 672
+PAPER_TOTAL_NEURONS = PAPER_LAYERS * PAPER_D_FF  # 229,376
 
 
 @dataclass(frozen=True)
@@ -90,9 +121,13 @@ class CircuitConfig:
     validation_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
     validation_layers: str = "auto"  # auto: per emotion and kind, the layer of largest I_{L,p}; or "a,b"
     seed: int = 0  # random controls
+    # step 4b: where head importance is read (module docstring): the MLP's input, as the authors, or the
+    # raw residual
+    head_space: str = "mlp_input"
     # integration (step 6b)
-    budget_per_sublayer: float = 10.0
-    neuron_share: float = 0.7
+    budget_rule: str = "paper_shares"  # or per_sublayer (budget_per_sublayer x 2L, split by neuron_share)
+    budget_per_sublayer: float = 10.0  # per_sublayer only
+    neuron_share: float = 0.7  # per_sublayer only
     min_neurons: int = 4
     min_heads: int = 2
     cap_fraction: float = 0.4
@@ -100,6 +135,10 @@ class CircuitConfig:
     def __post_init__(self) -> None:
         if self.accept not in ACCEPT_MODES:
             raise UserError(f"accept={self.accept!r}: expected one of {', '.join(ACCEPT_MODES)}")
+        if self.head_space not in HEAD_SPACES:
+            raise UserError(f"head_space={self.head_space!r}: expected one of {', '.join(HEAD_SPACES)}")
+        if self.budget_rule not in BUDGET_RULES:
+            raise UserError(f"budget_rule={self.budget_rule!r}: expected one of {', '.join(BUDGET_RULES)}")
         if self.limit is not None and self.limit < 1:
             raise UserError("the discovery limit must be >= 1 (or absent for the whole train split)")
         if not 0 < self.neuron_share < 1:
@@ -116,13 +155,13 @@ class CircuitConfig:
         object.__setattr__(self, "validation_k", tuple(int(k) for k in self.validation_k))
         object.__setattr__(self, "validation_scales", tuple(float(s) for s in self.validation_scales))
 
-    INTEGRATION = ("budget_per_sublayer", "neuron_share", "min_neurons", "min_heads", "cap_fraction")
+    INTEGRATION = ("budget_rule", "budget_per_sublayer", "neuron_share", "min_neurons", "min_heads", "cap_fraction")
 
     def analysis(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.INTEGRATION}
 
     def integration(self) -> dict:
-        return {k: float(getattr(self, k)) for k in self.INTEGRATION}
+        return {k: (v if isinstance(v := getattr(self, k), str) else float(v)) for k in self.INTEGRATION}
 
 
 # ============================================================================ pure math (tested on planted data)
@@ -199,10 +238,63 @@ def normalise_importance(raw):
 
 
 def split_budget(num_layers: int, budget_per_sublayer: float, neuron_share: float) -> tuple[int, int]:
-    """(K_mlp, K_attn): K_total = budget x 2L sublayers, split neuron_share / rest (560 -> 392 + 168)."""
+    """(K_mlp, K_attn) of `budget_rule="per_sublayer"`: K_total = budget x 2L sublayers, split
+    neuron_share / rest (560 -> 392 + 168)."""
     total = int(round(budget_per_sublayer * 2 * num_layers))
     neurons = int(round(neuron_share * total))
     return neurons, total - neurons
+
+
+def _round_half_up(value: Fraction) -> int:
+    return math.floor(value + Fraction(1, 2))
+
+
+def paper_share_budget(
+    num_layers: int, num_heads: int, d_ff: int, min_neurons: int = 0, min_heads: int = 0
+) -> tuple[int, int]:
+    """(K_mlp, K_attn) of `budget_rule="paper_shares"`: the shares the paper's budget selects on
+    Llama-3.2-3B-Instruct (392 of its 28 x 8192 = 229,376 MLP neurons, 168 of its 28 x 24 = 672 heads)
+    applied to this model's totals, rounded half up (exact fractions), each raised to at least what the
+    per-layer minimums take (`min(minimum, components per layer) x layers`). Gives 392 + 168 on the
+    paper's model, as `split_budget(28, 10, 0.7)` does."""
+    heads = _round_half_up(Fraction(PAPER_K_HEADS, PAPER_TOTAL_HEADS) * num_layers * num_heads)
+    neurons = _round_half_up(Fraction(PAPER_K_NEURONS, PAPER_TOTAL_NEURONS) * num_layers * d_ff)
+    return (
+        max(neurons, min(min_neurons, d_ff) * num_layers),
+        max(heads, min(min_heads, num_heads) * num_layers),
+    )
+
+
+def circuit_budget(config: CircuitConfig, num_layers: int, num_heads: int, d_ff: int) -> tuple[int, int]:
+    """(K_mlp, K_attn) per emotion under `config.budget_rule`."""
+    if config.budget_rule == "per_sublayer":
+        return split_budget(num_layers, config.budget_per_sublayer, config.neuron_share)
+    return paper_share_budget(num_layers, num_heads, d_ff, config.min_neurons, config.min_heads)
+
+
+def _share(selected: int, total: int) -> dict:
+    return {"selected": int(selected), "total": int(total), "percent": round(100 * selected / total, 4)}
+
+
+# The shares the paper's circuit selects (per emotion), for the reports.
+PAPER_SHARES = {
+    "model": PAPER_MODEL,
+    "heads": _share(PAPER_K_HEADS, PAPER_TOTAL_HEADS),
+    "neurons": _share(PAPER_K_NEURONS, PAPER_TOTAL_NEURONS),
+}
+
+
+def selection_shares(neuron_masks, head_masks) -> dict:
+    """Per kind: {selected, total, percent}: the components one emotion's circuit selects out of all the
+    model has (masks [6, L, n]); every emotion selects as many (the budget is per emotion), else
+    `per_emotion` lists the counts and `selected` is the first emotion's."""
+    result = {}
+    for kind, masks in (("heads", head_masks), ("neurons", neuron_masks)):
+        counts = [int(mask.bool().sum()) for mask in masks]
+        result[kind] = _share(counts[0], masks[0].numel())
+        if len(set(counts)) > 1:
+            result[kind]["per_emotion"] = dict(zip(EMOTIONS, counts))
+    return result
 
 
 def _largest_remainder(amount: int, weights: list[float]) -> list[int]:
@@ -422,14 +514,19 @@ def _chunks(jobs: list, per_chunk: int):
         yield jobs[start : start + per_chunk]
 
 
-def head_importance(loaded, texts, emotions, attn_directions, *, batch_size=16, max_rows=128, bar=None):
+def head_importance(
+    loaded, texts, emotions, attn_directions, *, space="mlp_input", batch_size=16, max_rows=128, bar=None
+):
     """Stage 2 (step 4b), batched: returns (sums [6, L, H] of s - s_masked over each emotion's prompts,
-    counts [6]). One decode step carries a clean copy and one copy per (layer, head) of a chunk for every
-    prompt of a batch; the forward stops after the chunk's deepest layer."""
+    counts [6]), `s` the projection on the attention direction of the MLP's input (`space="mlp_input"`,
+    the authors' reading) or of the raw mid residual (`"residual"`). One decode step carries a clean copy
+    and one copy per (layer, head) of a chunk for every prompt of a batch; the forward stops after the
+    chunk's deepest layer (before its MLP)."""
     import torch
 
     from ..interventions import Capture, InterventionSpec
 
+    site = HEAD_SPACES[space]
     n_layers, n_heads, head_dim = loaded.num_layers, loaded.num_heads, loaded.head_dim
     sums, counts = torch.zeros(len(EMOTIONS), n_layers, n_heads), torch.zeros(len(EMOTIONS))
     pairs = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
@@ -449,11 +546,11 @@ def head_importance(loaded, texts, emotions, attn_directions, *, batch_size=16, 
                     if at == layer:
                         keep[c * b : (c + 1) * b, head * head_dim : (head + 1) * head_dim] = 0
                 specs.append(InterventionSpec("attn_head", layer, "scale", keep, positions=generated))
-            captures = [Capture("resid_mid", layer, decode=True) for layer in layers]
-            captured, _ = batch.step(rows, specs, captures, stop_after=("resid_mid", layers[-1]))
+            captures = [Capture(site, layer, decode=True) for layer in layers]
+            captured, _ = batch.step(rows, specs, captures, stop_after=(site, layers[-1]))
             for layer in layers:
                 v = attn_directions[emo, layer]  # [b, d]
-                s = (captured[("resid_mid", layer)].view(copies, b, -1) * v[None]).sum(-1)  # [copies, b]
+                s = (captured[(site, layer)].view(copies, b, -1) * v[None]).sum(-1)  # [copies, b]
                 for c, (at, head) in enumerate(chunk, start=1):
                     if at == layer:
                         sums[:, layer, head].index_add_(0, emo, s[0] - s[c])
@@ -463,22 +560,23 @@ def head_importance(loaded, texts, emotions, attn_directions, *, batch_size=16, 
     return sums, counts
 
 
-def head_importance_naive(loaded, texts, emotions, attn_directions):
-    """The reference loop (the authors' script): one full forward per head per prompt. For the benchmark
-    and the tests only."""
+def head_importance_naive(loaded, texts, emotions, attn_directions, *, space="mlp_input"):
+    """The reference loop (the authors' script): one full forward per head per prompt, reading the same
+    `space` as `head_importance`. For the benchmark and the tests only."""
     import torch
 
     from ..backends.hf import HFGenerator
     from ..interventions import Capture, HookSession, InterventionSpec
 
+    site = HEAD_SPACES[space]
     n_layers, n_heads = loaded.num_layers, loaded.num_heads
     sums, counts = torch.zeros(len(EMOTIONS), n_layers, n_heads), torch.zeros(len(EMOTIONS))
     encoder = HFGenerator(loaded, 1)
 
     def score(encoded, layer, specs, direction):
-        with HookSession(loaded, specs, [Capture("resid_mid", layer)]) as session, torch.inference_mode():
+        with HookSession(loaded, specs, [Capture(site, layer)]) as session, torch.inference_mode():
             loaded.model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask, logits_to_keep=1)
-        return float(session.captured[("resid_mid", layer)][0][0] @ direction)
+        return float(session.captured[(site, layer)][0][0] @ direction)
 
     for text, e in zip(texts, emotions.tolist()):
         encoded = encoder.encode([text])
@@ -579,6 +677,7 @@ def validate_components(
     *,
     ks,
     scales,
+    head_space="mlp_input",
     seed=0,
     batch_size=16,
     max_rows=128,
@@ -586,14 +685,15 @@ def validate_components(
 ) -> list[dict]:
     """Stage 4: ablation / enhancement of the top-k vs k random components. `rankings` and `dmu` map a kind
     to [6, L, n] scores and [6, L, width] difference vectors; `directions` maps "attn"/"mlp" to [6, L, d];
-    `layers[(e, kind)]` the layers to probe. Returns one record per (emotion, probe)."""
+    `layers[(e, kind)]` the layers to probe. The heads' local score is read in `head_space`, the space
+    they were ranked in. Returns one record per (emotion, probe)."""
     import torch
 
     from ..interventions import Capture, InterventionSpec
 
     head_dim = loaded.head_dim
     site_of = {"neurons": "mlp_neuron", "heads": "attn_head"}
-    score_site = {"neurons": ("resid_post", "mlp"), "heads": ("resid_mid", "attn")}
+    score_site = {"neurons": ("resid_post", "mlp"), "heads": (HEAD_SPACES[head_space], "attn")}
     order = {kind: torch.argsort(-rankings[kind].double(), dim=-1, stable=True) for kind in KINDS}
     totals: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0, 0.0])
     generated = frozenset({"generated"})
@@ -715,7 +815,7 @@ def integrate(importance, contrib_mean, head_scores, config: CircuitConfig, num_
     import torch
 
     n_layers, d_ff = contrib_mean.shape[1], contrib_mean.shape[2]
-    k_mlp, k_attn = split_budget(n_layers, config.budget_per_sublayer, config.neuron_share)
+    k_mlp, k_attn = circuit_budget(config, n_layers, num_heads, d_ff)
     neuron_masks, head_masks, counts = [], [], {}
     caps = {
         "neurons": sum(layer_caps(n_layers, k_mlp, config.cap_fraction, d_ff)),
@@ -749,6 +849,18 @@ class Circuit:
     @property
     def num_layers(self) -> int:
         return self.tensors["heads"].shape[1]
+
+    def results_info(self) -> dict:
+        """What a run's results.json records about this circuit (`spec.method.artifact`): how head
+        importance was read, the budget rule, and the shares of the model's heads and MLP neurons one
+        emotion's circuit selects (from the masks; an artifact from before issue 14 read heads on the
+        raw residual under the per-sublayer budget)."""
+        config = self.metadata.get("config", {})
+        return {
+            "head_space": config.get("head_space", "residual"),
+            "budget_rule": config.get("budget_rule", "per_sublayer"),
+            "shares": selection_shares(self.tensors["neurons"], self.tensors["heads"]),
+        }
 
     def modulation(self, emotion: str, scale: float) -> list[tuple[str, int, object]]:
         """[(site, layer, dense value)] of step 7 for one emotion: `scale * dmu` masked to the selected
@@ -799,7 +911,9 @@ def check_circuit(circuit: Circuit, loaded, dataset_sha256: dict, scorer) -> Non
 
 
 def circuit_key(loaded, dataset_sha256, scorer_sha256, directions_sha256, config: CircuitConfig, dtype: str) -> dict:
-    """What the analysis stages depend on (hashed into the default folder name)."""
+    """The circuit's identity: what the analysis stages depend on (`analysis_key`: hashed into the default
+    folder name and the stages' cache digest), plus the integration settings (`integration`: budget rule,
+    quotas, caps), which only the cheap last step depends on."""
     key = {
         "format": ARTIFACT_FORMAT,
         "model": model_signature(loaded),
@@ -809,8 +923,14 @@ def circuit_key(loaded, dataset_sha256, scorer_sha256, directions_sha256, config
         "scorer_sha256": scorer_sha256 if config.accept == "scorer" else None,
         "directions_sha256": directions_sha256,
         "config": config.analysis(),
+        "integration": config.integration(),
     }
     return json.loads(json.dumps(key))  # as it reads back from key.json / metadata.json (lists, not tuples)
+
+
+def analysis_key(key: dict) -> dict:
+    """The part of a circuit key the analysis stages depend on (all but the integration settings)."""
+    return {k: v for k, v in key.items() if k != "integration"}
 
 
 def _key_digest(key: dict) -> str:
@@ -818,8 +938,10 @@ def _key_digest(key: dict) -> str:
 
 
 def default_circuit_dir(key: dict) -> Path:
+    """The cache folder of the analysis behind `key` (circuits that differ only in their integration
+    settings share it: the stages are reused, the artifact is rewritten)."""
     slug = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(key["model"]["id"]).name)[:40]
-    return cache_dir() / "circuits" / f"{slug}_{_key_digest(key)[:12]}"
+    return cache_dir() / "circuits" / f"{slug}_{_key_digest(analysis_key(key))[:12]}"
 
 
 # ============================================================================ stage cache
@@ -949,7 +1071,8 @@ def discover_circuit(
         raise UserError("--rows-per-pass must be >= 2")
     scorer_sha256 = scorer.sha256 if scorer is not None else None
     key = circuit_key(loaded, dataset_sha256, scorer_sha256, directions.sha256, config, dtype)
-    digest = _key_digest(key)
+    analysis = analysis_key(key)
+    digest = _key_digest(analysis)  # the stages depend on the analysis settings only
     out = Path(output_dir) if output_dir else default_circuit_dir(key)
     meta_path = out / "metadata.json"
     existing = None
@@ -959,14 +1082,14 @@ def discover_circuit(
         except UserError as exc:  # a damaged artifact: redo what is missing (the stages are checked one by one)
             log(f"{exc}; rebuilding it")
     if existing is not None:
-        same_key = existing.metadata.get("key") == key
-        if same_key and existing.metadata.get("integration") == config.integration():
+        made = existing.metadata.get("key") or {}
+        if made == key and existing.metadata.get("integration") == config.integration():
             log(f"reusing the circuit in {out} (same model, data, scorer, directions and settings)")
             return existing, True
-        if not same_key and output_dir:
+        if analysis_key(made) != analysis and output_dir:
             raise UserError(f"{out} holds a circuit made from other inputs; choose another --output-dir")
     key_path = out / "key.json"
-    if key_path.is_file() and json.loads(key_path.read_text(encoding="utf-8")) != key:
+    if key_path.is_file() and analysis_key(json.loads(key_path.read_text(encoding="utf-8"))) != analysis:
         if output_dir:
             raise UserError(f"{out} holds circuit stages made from other inputs; choose another --output-dir")
     out.mkdir(parents=True, exist_ok=True)
@@ -1030,16 +1153,20 @@ def discover_circuit(
             inputs.emotion_texts,
             inputs.emotions,
             dirs["attn"],
+            space=config.head_space,
             batch_size=batch_size,
             max_rows=max_rows,
             bar=bar,
         )
-        return {"head_importance": sums / counts.clamp_min(1)[:, None, None], "rows_per_emotion": counts}, {}
+        return {"head_importance": sums / counts.clamp_min(1)[:, None, None], "rows_per_emotion": counts}, {
+            "head_space": config.head_space
+        }
 
     heads_total = n * n_layers * loaded.num_heads
     head_tensors, _ = stage(
         "heads",
-        f"{n_layers * loaded.num_heads} heads x {n} prompts, batched copies of the last token",
+        f"{n_layers * loaded.num_heads} heads x {n} prompts, batched copies of the last token "
+        f"(read in the {config.head_space} space)",
         heads_total,
         "copy",
         heads,
@@ -1105,6 +1232,7 @@ def discover_circuit(
             probe_layers,
             ks=ks,
             scales=config.validation_scales,
+            head_space=config.head_space,
             seed=config.seed,
             batch_size=batch_size,
             max_rows=max_rows,
@@ -1156,7 +1284,8 @@ def discover_circuit(
     }
     write_json_atomic(out / "circuit.json", selected)
     _write_validation_csv(out / "validation.csv", records)
-    k_mlp, k_attn = split_budget(n_layers, config.budget_per_sublayer, config.neuron_share)
+    d_ff = loaded.model.config.intermediate_size
+    k_mlp, k_attn = circuit_budget(config, n_layers, loaded.num_heads, d_ff)
     jaccard = {"heads": jaccard_matrix(head_masks), "neurons": jaccard_matrix(neuron_masks)}
     timings["integration"] = {"seconds": round(time.perf_counter() - started, 2), "reused": False}
     metadata = {
@@ -1184,11 +1313,16 @@ def discover_circuit(
         "neutral_prompts": len(inputs.neutral_texts),
         "reference_layers": ref_layers,
         "validation_layers": {f"{EMOTIONS[e]}/{kind}": layers for (e, kind), layers in probe_layers.items()},
+        "head_space": config.head_space,
         "budget": {
+            "rule": config.budget_rule,
             "neurons": k_mlp,
             "heads": k_attn,
             "total": k_mlp + k_attn,
             "selected": {kind: sum(counts[EMOTIONS[0]][kind]) for kind in KINDS},  # less where the caps bind
+            # per emotion: selected / all the model has (heads: layers x heads, neurons: layers x d_ff)
+            "shares": selection_shares(neuron_masks, head_masks),
+            "paper_shares": PAPER_SHARES,
         },
         "counts_per_layer": counts,
         "jaccard": {

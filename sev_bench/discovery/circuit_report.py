@@ -10,6 +10,19 @@ from ..prompts import EMOTIONS
 from .report import PNG_METADATA, _pyplot
 
 COLOURS = ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:green", "tab:brown")
+# What head importance projects, per head_space (metadata config; an artifact without one read the residual).
+SPACE_READING = {
+    "mlp_input": "<post_attention_layernorm(h_mid), v_attn>",
+    "residual": "<h_mid, v_attn>",
+}
+
+
+def head_space(meta) -> str:
+    return meta["config"].get("head_space", "residual")
+
+
+def _percent(share: dict) -> str:
+    return f"{share['selected']:,} / {share['total']:,} ({share['percent']:.3g}%)"
 
 
 def long_tail_figures(contrib_mean, head_importance) -> dict:
@@ -84,8 +97,9 @@ def write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out:
         ax.set_title(emotion)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-    fig.colorbar(image, ax=axes, shrink=0.6, label="mean drop of <h_mid, v_attn> when the head is zeroed")
-    fig.suptitle("Head importance (step 4b)")
+    reading = SPACE_READING[head_space(meta)]
+    fig.colorbar(image, ax=axes, shrink=0.6, label=f"mean drop of {reading} when the head is zeroed")
+    fig.suptitle(f"Head importance (step 4b), {head_space(meta)} space")
     fig.savefig(out / "head_importance.png", dpi=80, metadata=PNG_METADATA)
     plt.close(fig)
 
@@ -101,7 +115,7 @@ def write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out:
     left.set_xlabel("rank")
     left.set_ylabel("C_mean")
     right.set_xscale("log")
-    right.set_title("Head importance, all layers pooled, by rank")
+    right.set_title(f"Head importance ({head_space(meta)} space), all layers pooled, by rank")
     right.set_xlabel("rank")
     left.legend(fontsize=8)
     fig.tight_layout()
@@ -133,8 +147,8 @@ def write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out:
             range(n_layers), counts[emotion]["neurons"], color=COLOURS[e], marker="o", markersize=3, label=emotion
         )
         right.plot(range(n_layers), counts[emotion]["heads"], color=COLOURS[e], marker="o", markersize=3)
-    left.set_title(f"Neurons per layer (budget {meta['budget']['neurons']})")
-    right.set_title(f"Heads per layer (budget {meta['budget']['heads']})")
+    left.set_title(f"Neurons per layer (budget {meta['budget']['neurons']:,} of {n_layers * contrib_mean.shape[2]:,})")
+    right.set_title(f"Heads per layer (budget {meta['budget']['heads']} of {n_layers * head_importance.shape[2]})")
     for ax in (left, right):
         ax.set_xlabel("layer")
     left.legend(fontsize=8)
@@ -249,11 +263,7 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         + ", ".join(f"{v} {n}" for v, n in meta["groups_by_valence"].items())
         + ")",
         f"- directions: `{meta['directions']['path']}` (sha256 `{meta['directions']['sha256'][:12]}…`)",
-        f"- budget: {meta['budget']['total']} = {config['budget_per_sublayer']:g} x {2 * arch['num_layers']} "
-        "sublayers; "
-        f"{meta['budget']['neurons']} neurons + {meta['budget']['heads']} heads (neuron share "
-        f"{config['neuron_share']}); minimum {config['min_neurons']} neurons / {config['min_heads']} heads per layer; "
-        f"cap {config['cap_fraction']} x budget of the kind",
+        _budget_line(meta, config, arch),
         f"- v_ref layers: {meta['reference_layers']}; alphas {config['alphas']}",
         "",
         "## Wall time per stage",
@@ -268,6 +278,8 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         "(`report` is recorded in metadata.json; it is written after this table.)",
         "",
         "## Head importance (step 4b)",
+        "",
+        _space_line(meta),
         "",
         "![head importance](head_importance.png)",
         "",
@@ -298,10 +310,23 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
             f"{100 * t['heads_over_10pct_of_top']:.1f}% | {t['top_neuron']:.3g} | {t['neuron_rank20']:.3g} | "
             f"{t['top_over_rank20']:.1f} | {t['top_over_median_abs']:.0f} |"
         )
+    if head_space(meta) == "mlp_input":
+        paper = (
+            "The paper (Llama-3.2-3B, head importance in the same space, the MLP's input): top-1 head importance "
+            "1.1-2.4 against a median of about 0.001, 5-11% of heads above 0.1; top neurons dominate "
+            "lower-ranked ones more than 30x."
+        )
+    else:
+        paper = (
+            "The paper's head figures (Llama-3.2-3B: top-1 head importance 1.1-2.4, median about 0.001, 5-11% of "
+            "heads above 0.1) are read on the MLP's input, post_attention_layernorm(h_mid); these heads were read "
+            "on the raw residual (`head_space: residual`), whose scale is the residual's, so the head columns "
+            "above are not comparable with them (rediscover with `head_space: mlp_input` to compare). Neurons: "
+            "top neurons dominate lower-ranked ones more than 30x in the paper."
+        )
     lines += [
         "",
-        "The paper (Llama-3.2-3B): top-1 head importance 1.1-2.4 against a median of about 0.001, 5-11% of heads "
-        "above 0.1; top neurons dominate lower-ranked ones more than 30x.",
+        paper,
         "",
         "## Causal validation (ablation and enhancement)",
         "",
@@ -309,8 +334,8 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         + ", ".join(f"{k} {v}" for k, v in meta["validation_layers"].items())
         + ".",
         "Components are changed at the last prompt token; scores are the ranking's projection at that layer "
-        "(`<h_mid, v_attn>` for heads, `<h_out, v_mlp>` for neurons) and `<h_final, v_ref>` (post-norm). "
-        "Full table: `validation.csv`.",
+        f"(`{SPACE_READING[head_space(meta)]}` for heads, `<h_out, v_mlp>` for neurons) and `<h_final, v_ref>` "
+        "(post-norm). Full table: `validation.csv`.",
         "",
         "![ablation](validation_ablation.png)",
         "",
@@ -360,6 +385,7 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         "(paper: 0.454 ± 0.047)",
         f"- neurons: mean pairwise Jaccard {meta['jaccard']['neurons']['mean']:.3f} ± "
         f"{meta['jaccard']['neurons']['std']:.3f} (paper: 0.056 ± 0.033)",
+        *_shares_lines(meta),
         "",
         "| emotion | heads per layer | neurons per layer |",
         "| --- | --- | --- |",
@@ -369,3 +395,61 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         lines.append(f"| {emotion} | {' '.join(map(str, counts['heads']))} | {' '.join(map(str, counts['neurons']))} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _budget_line(meta, config, arch) -> str:
+    budget = meta["budget"]
+    rule = budget.get("rule", "per_sublayer")
+    if rule == "per_sublayer":
+        how = (
+            f"rule `per_sublayer`: {budget['total']} = {config['budget_per_sublayer']:g} x {2 * arch['num_layers']} "
+            f"sublayers, neuron share {config['neuron_share']}"
+        )
+    else:
+        from .circuit import paper_share_budget
+
+        paper = budget["paper_shares"]
+        how = (
+            f"rule `paper_shares`: the shares the paper's budget selects on {paper['model']}, heads "
+            f"{_percent(paper['heads'])}, MLP neurons {_percent(paper['neurons'])}, applied to this model"
+        )
+        shares = paper_share_budget(arch["num_layers"], arch["num_heads"], arch["intermediate_size"])
+        raised = [
+            f"{kind} {share} -> {budget[kind]}"
+            for kind, share in zip(("neurons", "heads"), shares)
+            if budget[kind] > share
+        ]
+        if raised:
+            how += f", raised to what the per-layer minimums take ({', '.join(raised)})"
+    return (
+        f"- budget per emotion: {budget['neurons']} neurons + {budget['heads']} heads ({how}); minimum "
+        f"{config['min_neurons']} neurons / {config['min_heads']} heads per layer; cap {config['cap_fraction']} x "
+        "budget of the kind"
+    )
+
+
+def _space_line(meta) -> str:
+    if head_space(meta) == "mlp_input":
+        return (
+            "Read as the authors' script reads it (`head_space: mlp_input`): the mean drop of "
+            "`<post_attention_layernorm(h_mid), v_attn>` at the last prompt token when the head's slice of the "
+            "output-projection input is zeroed, i.e. on the MLP's actual input (the mid-layer residual divided by "
+            "its RMS, times the norm's gain), projected on the attention direction v_attn read on the raw mid "
+            "residual (as the authors' directions are). The paper's head figures are in this space."
+        )
+    return (
+        "Read on the raw residual (`head_space: residual`): the mean drop of `<h_mid, v_attn>` at the last prompt "
+        "token when the head's slice of the output-projection input is zeroed (the head's direct effect on the "
+        "direction). The paper's head figures are read on the MLP's input instead; the magnitudes differ."
+    )
+
+
+def _shares_lines(meta) -> list[str]:
+    shares = meta["budget"].get("shares")
+    if not shares:
+        return []
+    paper = meta["budget"]["paper_shares"]
+    return [
+        f"- selected per emotion: heads {_percent(shares['heads'])}, MLP neurons {_percent(shares['neurons'])} "
+        f"(paper, {paper['model']}: heads {_percent(paper['heads'])}, neurons {_percent(paper['neurons'])})",
+    ]

@@ -8,7 +8,10 @@ For the target emotion's selected neurons N_l and heads H_l (`sev-bench discover
 
 No emotion in the prompt. `scale` (the paper's lambda) is 1.0 by default; tune it on dev with
 `sev-bench tune --method circuit --grid scale=...`. The circuit is discovered first, then cached, when
-the run finds none for this model and these inputs.
+the run finds none for this model and these inputs. Its heads are ranked as the authors rank them (on
+the MLP's input, `head_space=mlp_input`) and its size keeps the paper's shares of heads and MLP neurons
+(`budget_rule=paper_shares`); `head_space=residual` and `budget_rule=per_sublayer` give the earlier
+discovery (see `sev_bench.discovery.circuit`). The run's results.json records the shares selected.
 """
 
 from __future__ import annotations
@@ -28,15 +31,27 @@ class CircuitModulation(ControlMethod):
         "system_prompt": Param(str, prompts.NEUTRAL_SYSTEM, "system prompt (no emotion in it)"),
         "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
         "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
+        "head_space": Param(
+            str, "mlp_input", "discovery: head importance on the MLP's input (mlp_input, the authors') or residual"
+        ),
+        "budget_rule": Param(
+            str, "paper_shares", "discovery: the paper's shares of heads and neurons, or per_sublayer (10 x 2L)"
+        ),
         "circuit": Param(str, "", "a circuit artifact dir (default: the cache for this model)"),
     }
 
     def __init__(self, **overrides) -> None:
+        from ..discovery.circuit import BUDGET_RULES, HEAD_SPACES
+
         super().__init__(**overrides)
         if self.params["accept"] not in ("all", "scorer"):
             raise UserError(f"accept={self.params['accept']!r}: expected all or scorer")
         if self.params["discovery_limit"] < 0:
             raise UserError("discovery_limit must be >= 0")
+        if self.params["head_space"] not in HEAD_SPACES:
+            raise UserError(f"head_space={self.params['head_space']!r}: expected one of {', '.join(HEAD_SPACES)}")
+        if self.params["budget_rule"] not in BUDGET_RULES:
+            raise UserError(f"budget_rule={self.params['budget_rule']!r}: expected one of {', '.join(BUDGET_RULES)}")
 
     def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
         return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
@@ -48,7 +63,12 @@ class CircuitModulation(ControlMethod):
         if self.params["circuit"]:
             circuit = load_circuit(self.params["circuit"])
         else:
-            config = CircuitConfig(accept=self.params["accept"], limit=self.params["discovery_limit"] or None)
+            config = CircuitConfig(
+                accept=self.params["accept"],
+                limit=self.params["discovery_limit"] or None,
+                head_space=self.params["head_space"],
+                budget_rule=self.params["budget_rule"],
+            )
             circuit, _ = obtain_circuit(context, config)
         check_circuit(circuit, context.loaded, dataset_fingerprint(context.data_dir), context.scorer)
         parameter = next(context.loaded.model.parameters())
