@@ -164,6 +164,7 @@ def test_method_configs_ship_inside_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "sev_bench/builtin_methods/prompting.yaml" in names and "sev_bench/builtin_methods/none.yaml" in names
     assert "sev_bench/schema/results.schema.json" in names
+    assert "sev_bench/calibration/smollm2-135m.json" in names  # the fluency gate's per-model bounds ship too
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     probe = (
@@ -180,4 +181,7 @@ def test_method_configs_ship_inside_the_wheel(tmp_path):
     )
     module_file, source, configs = result.stdout.splitlines()
     assert module_file.startswith(str(unpacked))
-    assert source == "builtin:prompting.yaml" and configs == "['circuit', 'none', 'prompting', 'steering']"
+    assert (
+        source == "builtin:prompting.yaml"
+        and configs == "['circuit', 'none', 'prompting', 'steering', 'steering-authors']"
+    )
