@@ -4,12 +4,14 @@ gate, and `sev-bench fluency regate` on a finished run made under the old, metho
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sev_bench import fluency_calibration
 from sev_bench.cli import main
-from sev_bench.fluency import DEFAULT_THRESHOLDS, reply_perplexities
+from sev_bench.data import load_sev
+from sev_bench.fluency import DEFAULT_THRESHOLDS, fluency_records, reply_perplexities, text_stats
 from sev_bench.fluency_calibration import gate_for, write_calibration
 from sev_bench.models import load_model
 from sev_bench.prompts import NEUTRAL_SYSTEM, chat
@@ -92,3 +94,38 @@ def test_regate_measures_old_records_under_the_neutral_chat(tmp_path, capsys):
         assert after["fluency"]["perplexity_chat"] == "neutral"
     assert any(a["fluency"]["perplexity"] != b["fluency"]["perplexity"] for a, b in zip(regated, samples))
     assert main(["fluency", "regate", str(out), "--output-dir", str(out)]) == 2  # never in place
+
+
+# ---------------------------------------------------------------- real replies of both embedded models
+
+REAL_FILE = Path(__file__).parent / "data" / "fluency_replies.jsonl"
+REAL = [json.loads(line) for line in REAL_FILE.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("reply", REAL, ids=[f"{r['model']}-{r['kind']}-{i}" for i, r in enumerate(REAL)])
+def test_text_checks_on_real_replies(reply):
+    """Real replies of SmolLM2-135M and Qwen2.5-Coder-1.5B from published runs, sorted by hand into normal,
+    looped (a word loop) and character-looped ("f**@**@**@...", "supomomomom...")."""
+    stats = text_stats(reply["completion"])
+    if reply["kind"] == "normal":
+        assert not stats["repeated_4gram"] and not stats["char_loop"]
+    elif reply["kind"] == "looped":
+        assert stats["repeated_4gram"]
+    else:
+        assert stats["char_loop"]
+
+
+@pytest.mark.slow
+def test_the_calibrated_gate_on_real_smollm2_replies(sev_data_dir):
+    """SmolLM2's own replies under its calibrated gate and the neutral chat: the normal ones pass, the
+    looped ones fail, whatever their perplexity (loops are easy to predict)."""
+    rows = {row["id"]: row for row in load_sev(sev_data_dir)["test"]}
+    replies = [r for r in REAL if r["model"] == "smollm2-135m"]
+    loaded = load_model("smollm2-135m", dtype="float32", device="cpu")
+    thresholds, info = gate_for({"id": "smollm2-135m", "revision": loaded.revision})
+    assert info["calibrated"] is True and thresholds.max_perplexity == pytest.approx(93.27)
+    records = fluency_records(loaded, [rows[r["id"]] for r in replies], [r["completion"] for r in replies], thresholds)
+    for reply, record in zip(replies, records):
+        assert record["fluent"] is (reply["kind"] == "normal"), (reply["completion"][:60], record)
+    normal = [rec["perplexity"] for rec, rep in zip(records, replies) if rep["kind"] == "normal"]
+    assert max(normal) < thresholds.max_perplexity
