@@ -191,123 +191,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Words that judge the *thing* by the emotion it causes, as they fit "<this> is ___" (the feeling is the
-# speaker's, the grammar is about the event: "This is disgusting.", "What a heartbreaking day.").
-EVALUATIONS: dict[str, tuple[str, ...]] = {
-    "anger": (
-        "infuriating",
-        "outrageous",
-        "unacceptable",
-        "maddening",
-        "a disgrace and I'm furious",
-        "absolutely ridiculous",
-        "insulting",
-        "enraging",
-    ),
-    "sadness": (
-        "heartbreaking",
-        "depressing",
-        "so sad",
-        "tragic",
-        "such a shame",
-        "painful to see",
-        "devastating",
-        "a real loss",
-    ),
-    "happiness": (
-        "wonderful",
-        "fantastic",
-        "such great news",
-        "lovely",
-        "a dream come true",
-        "amazing, I love it",
-        "the best thing ever",
-        "delightful",
-    ),
-    "fear": (
-        "terrifying",
-        "scary",
-        "frightening",
-        "creepy",
-        "nerve-racking",
-        "alarming",
-        "the stuff of nightmares",
-        "chilling",
-    ),
-    "surprise": (
-        "shocking",
-        "unbelievable",
-        "so unexpected",
-        "astonishing",
-        "mind-blowing",
-        "out of nowhere",
-        "a complete surprise",
-        "astounding",
-    ),
-    "disgust": (
-        "disgusting",
-        "revolting",
-        "gross",
-        "vile",
-        "sickening",
-        "filthy",
-        "nauseating",
-        "repugnant",
-    ),
-}
-
-# Whole clauses that carry the emotion in a verb or an idiom, with {event} for what happened.
-CLAUSES: dict[str, tuple[str, ...]] = {
-    "anger": (
-        "I hate that {event}.",
-        "It makes my blood boil that {event}.",
-        "I'm sick of this: {event}.",
-        "{Event}, and I want someone held to account for it!",
-        "Who do they think they are? {Event}.",
-        "I could scream: {event}.",
-    ),
-    "sadness": (
-        "It breaks my heart that {event}.",
-        "My heart sank when {event}.",
-        "I miss how things were before {event}.",
-        "{Event}, and I can't stop crying.",
-        "I feel so empty now that {event}.",
-        "Tears came to my eyes when {event}.",
-    ),
-    "happiness": (
-        "I love that {event}!",
-        "I'm smiling from ear to ear: {event}!",
-        "{Event}, and it made my whole day!",
-        "Yay, {event}!",
-        "I couldn't be happier that {event}.",
-        "My heart is full: {event}.",
-    ),
-    "fear": (
-        "I dread what happens now that {event}.",
-        "It scares me that {event}.",
-        "A chill ran down my spine when {event}.",
-        "{Event}, and I'm terrified of what comes next.",
-        "My hands are shaking: {event}.",
-        "What if it gets worse? {Event}.",
-    ),
-    "surprise": (
-        "I can't believe {event}!",
-        "My jaw dropped when {event}.",
-        "Wait, {event}? I never saw that coming!",
-        "{Event}? No way!",
-        "Imagine my surprise when {event}.",
-        "Whoa, {event}!",
-    ),
-    "disgust": (
-        "It makes me sick that {event}.",
-        "My stomach turned when {event}.",
-        "{Event}, and it's just gross.",
-        "Ugh, {event}. Disgusting.",
-        "I'm repulsed that {event}.",
-        "Eww, {event}.",
-    ),
-}
-
 # Courtesies that open an assistant's reply: politeness is not an emotion, so these lead `none` sentences.
 COURTESIES = (
     "Thank you for your message.",
@@ -353,7 +236,7 @@ def generate(events: list[str], per_emotion: int, seed: int = 0) -> tuple[list[s
             event = _lower_first(rng.choice(events))
             opening = event[:1].upper() + event[1:]  # the event as the start of a sentence
             who = subject if subject == "I" else subject.lower()
-            frame = rng.randrange(8)
+            frame = rng.randrange(6)
             if frame == 0:
                 text = f"{subject} {present} {state}."
             elif frame == 1:
@@ -364,13 +247,8 @@ def generate(events: list[str], per_emotion: int, seed: int = 0) -> tuple[list[s
                 text = f"{rng.choice(REACTIONS[emotion])} {subject} {present} {state}."
             elif frame == 4:
                 text = f"{opening}. {rng.choice(REACTIONS[emotion])}"
-            elif frame == 5:
-                text = f"{opening}, so {who} {rng.choice(ACTIONS[emotion])}."
-            elif frame == 6:
-                verdict = rng.choice(("This is", "That is", "It's", "Honestly, it's", "What happened is"))
-                text = f"{opening}. {verdict} {rng.choice(EVALUATIONS[emotion])}."
             else:
-                text = rng.choice(CLAUSES[emotion]).format(event=event, Event=opening)
+                text = f"{opening}, so {who} {rng.choice(ACTIONS[emotion])}."
             made.add(text)
         texts += sorted(made)
         labels += [emotion] * len(made)
