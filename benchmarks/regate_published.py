@@ -52,6 +52,8 @@ def main() -> None:
                 backup = run_dir.with_name(f".{run_dir.name}-before-regate")
                 run_dir.rename(backup)
                 shutil.move(str(out), str(run_dir))
+                if (backup / "plots").is_dir():  # the run's plots show the scorer's verdicts: unchanged
+                    shutil.copytree(backup / "plots", run_dir / "plots")
                 shutil.rmtree(backup)
     header = (
         "| run | bound | fluent replies % (before -> after) | fluent accuracy % | verdicts changed (fluent -> not /"
