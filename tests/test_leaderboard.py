@@ -395,3 +395,23 @@ def test_run_writes_plots_and_its_dir_passes_validation(tmp_path, capsys):
     assert entry.samples_checked and entry.own_decoding  # fast_prompting.yaml decodes 16 tokens
     assert entry.group == ("tiny-random-qwen2", "test subset: first 12 rows, themes interleaved")
     assert not math.isnan(entry.accuracy["overall"]["acc"])
+
+
+def test_fluency_from_the_old_method_conditioned_gate_is_not_ranked(tmp_path, capsys):
+    """A run whose perplexities were measured under its own method's chat (no `spec.fluency`) shows "-" for
+    fluent accuracy and ranks after runs measured under the neutral chat; compare warns about the mix."""
+    fluent_every_other = make_samples(lambda i, v, e: True, lambda i: i % 2 == 0)
+    new = write_run(tmp_path / "m" / "new-test", fluent_every_other)
+    old_spec = make_spec(method="steering")
+    del old_spec["fluency"]
+    old_samples = make_samples(lambda i, v, e: True, lambda i: True)
+    old = write_run(tmp_path / "m" / "old-test", old_samples, results=results_for(old_samples, old_spec))
+    entries, refused = collect(tmp_path)
+    assert refused == []
+    by_path = {entry.path: entry for entry in entries}
+    assert by_path["m/old-test"].fluent is None and by_path["m/old-test"].fluent_accuracy is None
+    assert by_path["m/new-test"].fluent["acc"] == 0.5
+    ((_, members),) = grouped(entries)
+    assert [e.path for e in members] == ["m/new-test", "m/old-test"]  # despite its 100% "fluent" figure
+    warnings = compare(new, old)["warnings"]
+    assert any("fluency gates differ" in w for w in warnings)
