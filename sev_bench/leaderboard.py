@@ -481,7 +481,8 @@ paper's GPT-4o-mini judge (`spec.scorer.agreement.agreement`). Also here: [`lead
   compare runs made with the same scorer sha256 (`sev-bench compare` warns when they differ).
 - A run whose `results.json` has a `rescore` block was scored again with `sev-bench rescore` after it
   was generated (its replies and fluency records unchanged); the block names the original scorer and its
-  overall accuracy.
+  overall accuracy. A `regate` block means `sev-bench fluency regate` measured its fluency again under the
+  method-neutral gate (replies and scores unchanged); the block counts the verdicts that changed.
 - `ci/` is not part of the board: it holds the baseline of the project's CI accuracy-regression check
   (`sev-bench check`), a small subset of the test split (see `ci/README.md`). `plots/` is written by the
   build.
