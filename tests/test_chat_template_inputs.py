@@ -111,28 +111,33 @@ def test_a_run_records_the_inputs_in_its_spec_and_identity(tmp_path):
 
 
 def test_published_run_dirs_still_resume_and_stay_on_the_board(tmp_path):
-    """Every committed run.json predates the new identity key: the same run with it is accepted (resume)
-    with run.json untouched, its default dir name is unchanged, and the board still reads it."""
+    """Committed run.json files made before the new identity key are accepted with it (resume) and left
+    untouched, with their default dir name unchanged; those made after carry it; the board reads both."""
     root = REPO / "leaderboards"
     run_dirs = find_run_dirs(root) + [root / "ci" / "prompting-smollm2"]
     assert len(run_dirs) >= 13
+    legacy = 0
     for source in run_dirs:
         copy_dir = tmp_path / source.relative_to(root)
         shutil.copytree(source, copy_dir)
         before = (copy_dir / "run.json").read_bytes()
         identity = json.loads(before)
-        assert "chat_template_kwargs" not in identity
         now = {**identity, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
         run_dir = RunDir(copy_dir)
         run_dir.claim(now)
-        assert run_dir.legacy_keys == ["chat_template_kwargs"]
+        if "chat_template_kwargs" not in identity:
+            legacy += 1
+            assert run_dir.legacy_keys == ["chat_template_kwargs"]
+            assert default_output_dir(now) == default_output_dir(identity)
+        else:
+            assert identity["chat_template_kwargs"] == CHAT_TEMPLATE_KWARGS and run_dir.legacy_keys == []
         assert (copy_dir / "run.json").read_bytes() == before
-        assert default_output_dir(now) == default_output_dir(identity)
         # another difference is still refused, and named
         with pytest.raises(UserError, match=r"differs in: seed\)"):
             RunDir(copy_dir).claim({**now, "seed": identity["seed"] + 1})
         if source.parent.name != "ci":
             assert validate_run(copy_dir, tmp_path).samples_checked
+    assert legacy >= 10  # the runs made before the key existed
 
 
 def test_legacy_run_dir_without_samples_starts_afresh_and_with_a_dated_template_is_refused(
