@@ -307,14 +307,11 @@ def cmd_rescore(args) -> None:
 
 def cmd_fluency(args) -> None:
     if args.fluency_command == "calibrate":
-        from .fluency_calibration import calibrate, write_calibration
+        from .fluency_calibration import calibrate, none_dev_model, write_calibration
         from .models import load_model
-        from .results import load_results
 
         run_dir = Path(args.run_dir)
-        if not (run_dir / "results.json").is_file():
-            raise UserError(f"{run_dir}: no results.json; calibrate from a finished `none` run on the dev split")
-        model = load_results(run_dir)["spec"]["model"]
+        model = none_dev_model(run_dir)  # a wrong run fails before the model loads
         if args.threads:
             import torch
 

@@ -57,6 +57,7 @@ That bound belongs to SmolLM2-135M's scale, hence the per-model calibration file
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -257,6 +258,33 @@ def regate(record: dict, completion: str, thresholds: FluencyThresholds) -> dict
     """`record` (a reply's fluency record) with its text statistics recomputed from `completion` and its
     verdict redrawn under `thresholds`; its perplexity is kept."""
     return fluency_record(text_stats(completion), record["perplexity"], thresholds)
+
+
+def measure_samples(
+    loaded: LoadedModel, row_of_id: dict, samples: list[dict], thresholds: FluencyThresholds, batch_size: int = 16
+) -> int:
+    """Give `samples` (in place) fluency records measured under their rows' neutral chat, each distinct
+    (event, reply) pair once (`none` shares one reply among six targets); returns how many were measured."""
+    key_of = [
+        json.dumps([row_of_id[s["id"]][field] for field in ("scenario", "event")] + [s["completion"]]) for s in samples
+    ]
+    pairs = {key: (row_of_id[s["id"]], s["completion"]) for key, s in zip(key_of, samples)}
+    keys = list(pairs)
+    rows, replies = [pairs[k][0] for k in keys], [pairs[k][1] for k in keys]
+    record_of = dict(zip(keys, fluency_records(loaded, rows, replies, thresholds, batch_size)))
+    for sample, key in zip(samples, key_of):
+        sample["fluency"] = record_of[key]
+    return len(keys)
+
+
+def regate_samples(samples: list[dict], thresholds: FluencyThresholds) -> bool:
+    """Redraw every sample's fluency verdict under `thresholds` (in place); whether any record changed."""
+    changed = False
+    for sample in samples:
+        record = regate(sample["fluency"], sample["completion"], thresholds)
+        changed = changed or record != sample["fluency"]
+        sample["fluency"] = record
+    return changed
 
 
 def has_gate_perplexity(record: dict | None) -> bool:

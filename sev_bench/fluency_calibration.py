@@ -105,18 +105,25 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{p}": round(float(np.percentile(values, p)), 4) for p in (1, 5, 25, 50, 75, 95, 99)}
 
 
-def fluent_texts(none_run: Path, model: dict, data_dir=None, seed: int = 0) -> tuple[list[str], list[dict], dict]:
-    """The fluent texts (see module docstring), their SEV rows, and counts."""
+def none_dev_model(none_run: Path) -> dict:
+    """`spec.model` of `none_run` once it is known to be a finished `none` run on dev with the neutral chat
+    (checked before any model loads)."""
     results_path = none_run / "results.json"
     if not results_path.is_file():
         raise UserError(f"{none_run} has no results.json; calibrate from a finished `none` run on the dev split")
     spec = json.loads(results_path.read_text(encoding="utf-8"))["spec"]
     if spec["method"]["name"] != "none" or spec["dataset"]["split"] != "dev":
         raise UserError(f"{none_run} is a {spec['method']['name']} run on {spec['dataset']['split']}; need none on dev")
-    if (spec["model"]["id"], spec["model"]["revision"]) != (model["id"], model["revision"]):
-        raise UserError(f"{none_run} was made by {spec['model']['id']}, not {model['id']} (this revision)")
     if spec["method"]["params"].get("system_prompt") != NEUTRAL_SYSTEM:
         raise UserError(f"{none_run} used another system prompt than the neutral chat; rerun `none` with defaults")
+    return spec["model"]
+
+
+def fluent_texts(none_run: Path, model: dict, data_dir=None, seed: int = 0) -> tuple[list[str], list[dict], dict]:
+    """The fluent texts (see module docstring), their SEV rows, and counts."""
+    made_by = none_dev_model(none_run)
+    if (made_by["id"], made_by["revision"]) != (model["id"], model["revision"]):
+        raise UserError(f"{none_run} was made by {made_by['id']}, not {model['id']} (this revision)")
     rows = {row["id"]: row for row in data.load_sev(data_dir)["dev"]}
     own: dict[str, tuple[str, dict]] = {}
     for line in (none_run / "samples.jsonl").read_text(encoding="utf-8").splitlines():

@@ -19,16 +19,11 @@ from pathlib import Path
 
 from . import data
 from .errors import UserError
-from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, regate
+from .fluency import aggregate_fluency, has_gate_perplexity, measure_samples, regate_samples
 from .fluency_calibration import gate_for
 from .metrics import fluent_accuracy
 from .rescore import read_samples
 from .results import RunDir, load_results, summary_markdown
-
-
-def _pair_key(row: dict, completion: str) -> str:
-    """One measurement per distinct (event, reply): `none` shares one reply among six targets."""
-    return json.dumps([row["scenario"], row["event"], completion])
 
 
 def regate_run(
@@ -46,6 +41,8 @@ def regate_run(
         raise UserError(f"{run_dir}: no results.json; regate works on finished runs")
     if out.resolve() == run_dir.resolve():
         raise UserError("--output-dir must differ from the run dir: regate never overwrites the original")
+    if (out / "results.json").exists() or (out / "samples.jsonl").exists():  # before any measuring
+        raise UserError(f"--output-dir {out} already holds results; remove it or choose another")
     original = load_results(run_dir)
     original_sha256 = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
     spec = original["spec"]
@@ -64,22 +61,13 @@ def regate_run(
     thresholds, gate_info = gate_for(model)
     before = [bool(s.get("fluency", {}).get("fluent")) for s in samples]
     todo = [s for s in samples if not has_gate_perplexity(s.get("fluency"))]
-    pairs: dict[str, tuple[dict, str]] = {}
+    measured = 0
     if todo:
         loaded = load_model(model["id"], dtype=model["dtype"], device="cpu")
         if loaded.revision != model["revision"]:
             raise UserError(f"{model['id']} is now revision {loaded.revision}, the run used {model['revision']}")
-        key_of = {id(s): _pair_key(rows[s["id"]], s["completion"]) for s in todo}
-        for sample in todo:
-            pairs.setdefault(key_of[id(sample)], (rows[sample["id"]], sample["completion"]))
-        keys = list(pairs)
-        texts = [pairs[k][1] for k in keys]
-        records = fluency_records(loaded, [pairs[k][0] for k in keys], texts, thresholds, batch_size)
-        record_of = dict(zip(keys, records))
-        for sample in todo:
-            sample["fluency"] = record_of[key_of[id(sample)]]
-    for sample in samples:
-        sample["fluency"] = regate(sample["fluency"], sample["completion"], thresholds)
+        measured = measure_samples(loaded, rows, todo, thresholds, batch_size)
+    regate_samples(samples, thresholds)
     after = [s["fluency"]["fluent"] for s in samples]
 
     results = copy.deepcopy(original)
@@ -92,7 +80,7 @@ def regate_run(
         "from_results_sha256": original_sha256,
         "from_fluent_share": original["metrics"].get("fluency", {}).get("fluent_share"),
         "from_accuracy_fluent_overall": original["metrics"].get("accuracy_fluent", {}).get("overall"),
-        "replies_measured": len(pairs),
+        "replies_measured": measured,
         "verdicts_changed": sum(b != a for b, a in zip(before, after)),
         "fluent_to_not": sum(b and not a for b, a in zip(before, after)),
         "not_to_fluent": sum(a and not b for b, a in zip(before, after)),

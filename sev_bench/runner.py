@@ -18,7 +18,7 @@ from . import __version__
 from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
 from .defaults import DEFAULT_SCORER
 from .errors import UserError
-from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, regate
+from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, measure_samples, regate_samples
 from .fluency_calibration import gate_for
 from .methods import MethodConfig, resolve_method
 from .methods.base import PrepareContext
@@ -378,9 +378,9 @@ def _run_in(
     missing_fluency = [s for s in samples if not has_gate_perplexity(s.get("fluency"))]
     if missing_fluency:
         backfill_start = time.perf_counter()
-        _add_fluency(loaded, {row["id"]: row for row in rows}, missing_fluency, thresholds)
+        measure_samples(loaded, {row["id"]: row for row in rows}, missing_fluency, thresholds)
         timings["fluency_backfill_s"] = time.perf_counter() - backfill_start
-    regated = _regate(samples, thresholds)
+    regated = regate_samples(samples, thresholds)
     fluency_metrics = {
         "fluency": aggregate_fluency(samples, thresholds),
         "accuracy_fluent": fluent_accuracy(samples),
@@ -450,33 +450,6 @@ def _model_info(loaded, dtype_requested: str) -> dict:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "dtype_requested": dtype_requested,
     }
-
-
-def _add_fluency(loaded, row_of_id: dict, samples: list[dict], thresholds) -> None:
-    """Give `samples` (in place) their fluency records, each reply measured under its SEV row's neutral
-    chat; each distinct (event, reply) pair is measured once (`none` shares one reply among six targets)."""
-    pairs: dict[str, tuple[dict, str]] = {}
-    key_of_sample = []
-    for sample in samples:
-        row = row_of_id[sample["id"]]
-        key = json.dumps([row["scenario"], row["event"], sample["completion"]])
-        pairs.setdefault(key, (row, sample["completion"]))
-        key_of_sample.append(key)
-    keys = list(pairs)
-    records = fluency_records(loaded, [pairs[k][0] for k in keys], [pairs[k][1] for k in keys], thresholds)
-    record_of_key = dict(zip(keys, records))
-    for sample, key in zip(samples, key_of_sample):
-        sample["fluency"] = record_of_key[key]
-
-
-def _regate(samples: list[dict], thresholds) -> bool:
-    """Redraw every sample's fluency verdict under `thresholds` (in place); whether any record changed."""
-    changed = False
-    for sample in samples:
-        record = regate(sample["fluency"], sample["completion"], thresholds)
-        changed = changed or record != sample["fluency"]
-        sample["fluency"] = record
-    return changed
 
 
 def _log(message: str) -> None:
