@@ -7,7 +7,6 @@ the same way (`sev.jsonl`, `test_set.jsonl`, `reference_generations/...`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .hashing import file_sha256
 from .paths import cache_dir
 from .prompts import EMOTIONS, VALENCES
 
@@ -89,14 +89,6 @@ DEV_EVERY = 5
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def base_url() -> str:
     """Where downloads come from; `$SEV_BENCH_BASE_URL` names a mirror of the authors' repository."""
     url = os.environ.get("SEV_BENCH_BASE_URL", DEFAULT_BASE_URL)
@@ -124,7 +116,7 @@ def download_verified(url: str, target: Path, sha256: str, offline_hint: str) ->
         with tmp, urllib.request.urlopen(url, timeout=60) as response:
             while block := response.read(1 << 20):
                 tmp.write(block)
-        got = sha256_of(Path(tmp.name))
+        got = file_sha256(Path(tmp.name))
         if got != sha256:
             raise UserError(f"downloaded {url} has sha256 {got}, expected {sha256}; not used")
         os.replace(tmp.name, target)
@@ -156,7 +148,7 @@ def fetch(pinned: PinnedFile, data_dir: str | Path | None = None, verify: bool =
         raise UserError(f"{path} is not a readable file (expected {pinned.local})")
     if verify:
         try:
-            got = sha256_of(path)
+            got = file_sha256(path)
         except OSError as exc:
             raise UserError(f"{path} is unreadable ({exc.strerror}); expected {pinned.local}") from None
         if got != pinned.sha256:
@@ -263,7 +255,7 @@ def features():
 
 def dataset_fingerprint(data_dir: str | Path | None = None, verify: bool = True) -> dict[str, str]:
     """sha256 of each SEV file actually read (recorded in every result)."""
-    return {name: sha256_of(fetch(pinned, data_dir, verify)) for name, pinned in SEV_FILES.items()}
+    return {name: file_sha256(fetch(pinned, data_dir, verify)) for name, pinned in SEV_FILES.items()}
 
 
 def load_skeletons(data_dir: str | Path | None = None, verify: bool = True) -> dict[str, list[dict]]:

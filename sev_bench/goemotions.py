@@ -17,8 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import download_verified, sha256_of
+from .data import download_verified
 from .errors import UserError
+from .hashing import file_sha256
 from .paths import cache_dir
 
 PINNED_COMMIT = "2adf640a14f11025ae5a9d0ec493b78530d276d3"
@@ -81,7 +82,7 @@ def fetch(name: str) -> Path:
         download_verified(
             BASE_URL + name, path, FILES_SHA256[name], f"set ${ENV_DIR} to a folder with the GoEmotions files"
         )
-    got = sha256_of(path)
+    got = file_sha256(path)
     if got != FILES_SHA256[name]:
         raise UserError(f"{path} has sha256 {got}, expected {FILES_SHA256[name]} (the pinned GoEmotions release)")
     return path

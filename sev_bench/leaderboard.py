@@ -24,6 +24,7 @@ from .backends.hf import DEFAULT_MAX_NEW_TOKENS
 from .data import PINNED_COMMIT, SEV_FILES
 from .errors import UserError
 from .fluency import GATE_CHAT
+from .hashing import slug
 from .metrics import grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
 from .results import SCHEMA_VERSION, reject_constant
@@ -122,7 +123,7 @@ class Entry:
 
     @property
     def slug(self) -> str:
-        return _slug(self.path.replace("/", "__"))
+        return slug(self.path.replace("/", "__"), keep="-._") or "run"
 
 
 # -- validation ------------------------------------------------------------------------------------------
@@ -382,13 +383,9 @@ def _num(value: float | None, digits: int = 6) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-") or "run"
-
-
 def group_slug(group: tuple[str, str]) -> str:
     model, selection = group
-    return _slug(model if selection == FULL_SPLIT else f"{model}__{selection}")
+    return slug(model if selection == FULL_SPLIT else f"{model}__{selection}", keep="-._") or "run"
 
 
 def rank_key(entry) -> tuple:
@@ -534,9 +531,9 @@ def readme(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
         out.append("No accepted runs yet.\n")
     for group, members in grouped(entries):
         model, selection = group
-        slug = group_slug(group)
+        group_name = group_slug(group)
         out.append(f"### {model} ({selection})\n")
-        out.append(f"![fluent accuracy by valence, {model}](plots/accuracy-by-valence_{slug}.png)\n")
+        out.append(f"![fluent accuracy by valence, {model}](plots/accuracy-by-valence_{group_name}.png)\n")
         head = ["method", "n", "**fluent** (95% CI)", "raw (95% CI)", "fluent replies"]
         head += [*VALENCES, *EMOTIONS, "scorer", "backend", "decoding", "date", "config"]
         out.append("| " + " | ".join(head) + " |")

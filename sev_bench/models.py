@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .hashing import file_sha256
 from .paths import cache_dir
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -330,9 +331,8 @@ def _gguf_sha256(path: Path) -> str:
     )
     if memo.is_file():
         return memo.read_text().strip()
-    from .data import sha256_of
 
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(digest)
     return digest

@@ -20,6 +20,7 @@ from .defaults import DEFAULT_SCORER
 from .errors import UserError
 from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, measure_samples, regate_samples
 from .fluency_calibration import gate_for
+from .hashing import slug
 from .methods import MethodConfig, resolve_method
 from .methods.base import PrepareContext
 from .metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
@@ -108,16 +109,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(index), int(count)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(text).name if c)[:40].strip("-")
-
-
 def default_output_dir(identity: dict) -> Path:
     # Keys added to the identity later are left out of the digest, so a command rerun without --output-dir
     # still finds (and resumes) the default dir of a run started before they existed.
     hashed = {k: v for k, v in identity.items() if k not in IDENTITY_ADDED_KEYS}
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{identity['method']['name']}_{_slug(identity['model'])}_{identity['split']}_{digest}"
+    name = f"{identity['method']['name']}_{slug(Path(identity['model']).name, limit=40)}_{identity['split']}_{digest}"
     return Path("sev-bench-runs") / name
 
 

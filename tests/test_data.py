@@ -15,6 +15,7 @@ from datasets import ClassLabel, load_from_disk
 from sev_bench import data
 from sev_bench.cli import main
 from sev_bench.errors import UserError
+from sev_bench.hashing import file_sha256
 from sev_bench.prompts import EMOTIONS, VALENCES
 
 
@@ -154,7 +155,7 @@ def test_download_into_cache_verifies_and_reuses(sev_data_dir, tmp_path, monkeyp
         dataset = data.load_sev()
         assert len(dataset["test"]) == 2880
         cached = tmp_path / "cache" / "data" / data.PINNED_COMMIT / "sev.jsonl"
-        assert data.sha256_of(cached) == data.SEV_FILES["train"].sha256
+        assert file_sha256(cached) == data.SEV_FILES["train"].sha256
         assert len(data.load_reference("train")) == 2880
     finally:
         server.shutdown()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sev_bench.data import sha256_of
 from sev_bench.errors import UserError
+from sev_bench.hashing import file_sha256
 from sev_bench.prompts import EMOTIONS
 from sev_bench.scoring import SCORERS, Scorer, load_scorer
 from sev_bench.scoring.agreement import evaluate_agreement, format_agreement
@@ -62,7 +62,7 @@ def report(probe, sev_data_dir) -> dict:
 
 def test_training_is_deterministic(probe, tmp_path, sev_data_dir):
     again = train_probe(data_dir=sev_data_dir, out_path=tmp_path / "again.safetensors", seed=0)
-    assert sha256_of(again) == probe.sha256 == sha256_of(probe.weights_path)
+    assert file_sha256(again) == probe.sha256 == file_sha256(probe.weights_path)
     assert not [p for p in again.parent.iterdir() if p.name.endswith(".tmp")]
 
 

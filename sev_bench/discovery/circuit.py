@@ -78,13 +78,13 @@ from .. import __version__, prompts
 from ..atomic import write_json_atomic, write_text_atomic
 from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
+from ..hashing import file_sha256, slug
 from ..paths import cache_dir, shown_path
 from ..prompts import EMOTIONS, VALENCES
 from .directions import (
     ACCEPT_MODES,
     MIN_GROUPS,
     _complete_groups,
-    _file_sha256,
     model_signature,
     read_artifact,
     seal,
@@ -940,8 +940,8 @@ def _key_digest(key: dict) -> str:
 def default_circuit_dir(key: dict) -> Path:
     """The cache folder of the analysis behind `key` (circuits that differ only in their integration
     settings share it: the stages are reused, the artifact is rewritten)."""
-    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(key["model"]["id"]).name)[:40]
-    return cache_dir() / "circuits" / f"{slug}_{_key_digest(analysis_key(key))[:12]}"
+    name = slug(Path(key["model"]["id"]).name, limit=40)
+    return cache_dir() / "circuits" / f"{name}_{_key_digest(analysis_key(key))[:12]}"
 
 
 # ============================================================================ stage cache
@@ -962,7 +962,7 @@ def _load_stage(out: Path, name: str, digest: str):
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if info.get("key_sha256") != digest or info.get("tensors_sha256") != _file_sha256(tensor_path):
+    if info.get("key_sha256") != digest or info.get("tensors_sha256") != file_sha256(tensor_path):
         return None
     return load_file(str(tensor_path)), info
 
@@ -975,7 +975,7 @@ def _save_stage(out: Path, name: str, digest: str, tensors: dict, info: dict) ->
     staging = tensor_path.with_suffix(".partial")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging))
     staging.replace(tensor_path)
-    write_json_atomic(info_path, {**info, "key_sha256": digest, "tensors_sha256": _file_sha256(tensor_path)})
+    write_json_atomic(info_path, {**info, "key_sha256": digest, "tensors_sha256": file_sha256(tensor_path)})
 
 
 # ============================================================================ discovery
@@ -1329,7 +1329,7 @@ def discover_circuit(
             kind: {"matrix": m.tolist(), "mean": mean_pairwise(m)[0], "std": mean_pairwise(m)[1]}
             for kind, m in jaccard.items()
         },
-        "tensors_sha256": _file_sha256(tensor_path),
+        "tensors_sha256": file_sha256(tensor_path),
         "sev_bench_version": __version__,
         "timings": timings,
     }

@@ -29,6 +29,7 @@ from .. import __version__, prompts
 from ..atomic import write_json_atomic
 from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
+from ..hashing import file_sha256, slug
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, VALENCES
 
@@ -125,7 +126,7 @@ def read_artifact(path: str | Path, artifact_format: str, tensors_file: str, com
     if metadata.get("format") != artifact_format:
         raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {artifact_format}")
     tensor_path = path / tensors_file
-    digest = _file_sha256(tensor_path) if tensor_path.is_file() else None
+    digest = file_sha256(tensor_path) if tensor_path.is_file() else None
     if digest != metadata.get("tensors_sha256"):
         raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
     if metadata.get("sha256") != artifact_sha256(metadata):
@@ -160,14 +161,6 @@ def load_directions(path: str | Path) -> Directions:
     return Directions(Path(path), tensors, metadata)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def artifact_key(loaded, dataset_sha256: str, scorer_sha256: str | None, config: DirectionConfig, dtype: str) -> dict:
     """Everything the directions depend on (hashed into the default cache folder name)."""
     return {
@@ -183,8 +176,8 @@ def artifact_key(loaded, dataset_sha256: str, scorer_sha256: str | None, config:
 
 def default_artifact_dir(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in Path(key["model"]["id"]).name)[:40]
-    return cache_dir() / "directions" / f"{slug}_{digest}"
+    name = slug(Path(key["model"]["id"]).name, limit=40)
+    return cache_dir() / "directions" / f"{name}_{digest}"
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -288,7 +281,7 @@ def discover_directions(
         "groups_per_emotion": {e: len(groups) for e in EMOTIONS},  # complete groups: each has all six
         "groups_by_valence": per_valence,
         "min_groups": MIN_GROUPS,
-        "tensors_sha256": _file_sha256(tensor_path),
+        "tensors_sha256": file_sha256(tensor_path),
         "sev_bench_version": __version__,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }

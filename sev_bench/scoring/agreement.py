@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from .. import data
+from ..hashing import file_sha256
 from ..metrics import cohen_kappa
 from ..prompts import EMOTIONS, VALENCES
 from .base import Scorer
@@ -98,7 +99,7 @@ def evaluate_agreement(scorer: Scorer, data_dir: str | Path | None = None, store
 
     root, _ = data.data_root(data_dir)
     files = {
-        pinned.local: data.sha256_of(root / pinned.local)
+        pinned.local: file_sha256(root / pinned.local)
         for (split, _outcome), pinned in data.REFERENCE_FILES.items()
         if split == SPLIT
     }

@@ -16,9 +16,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..data import sha256_of
 from ..defaults import DEFAULT_SCORER  # noqa: F401  (re-exported by sev_bench.scoring)
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..prompts import EMOTIONS
 from ..registry import Registry
 
@@ -115,7 +115,7 @@ class Scorer(ABC):
         if self._sha256 is None:
             if self.weights_path is None:
                 raise NotImplementedError(f"scorer {self.id} has no weights file; override sha256")
-            self._sha256 = sha256_of(self.weights_path)
+            self._sha256 = file_sha256(self.weights_path)
         return self._sha256
 
     @property

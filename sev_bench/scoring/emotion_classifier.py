@@ -48,6 +48,7 @@ import numpy as np
 from .. import data, goemotions
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from . import lexicon_statements
@@ -81,7 +82,7 @@ def model_sha256(model_dir: Path) -> str:
     """The identity of a saved model: sha256 over its config (labels, training record) and weights."""
     digest = hashlib.sha256()
     for name in WEIGHT_FILES:
-        digest.update(name.encode() + b"\0" + data.sha256_of(model_dir / name).encode() + b"\n")
+        digest.update(name.encode() + b"\0" + file_sha256(model_dir / name).encode() + b"\n")
     return digest.hexdigest()
 
 

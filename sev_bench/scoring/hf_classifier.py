@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import sha256_of
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer, check_options
 
@@ -158,7 +158,7 @@ def _model_dir(model: str) -> tuple[Path, str | None]:
 
 def _identity_files(directory: Path) -> dict[str, str]:
     files = sorted({p for pattern in IDENTITY_PATTERNS for p in directory.glob(pattern) if p.is_file()})
-    return {p.name: sha256_of(p) for p in files}
+    return {p.name: file_sha256(p) for p in files}
 
 
 @SCORERS.register(NAME)

