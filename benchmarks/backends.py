@@ -24,10 +24,9 @@ import time
 
 from sev_bench.backends import make_generator
 from sev_bench.backends.hf import GenerationConfig
-from sev_bench.data import load_sev
+from sev_bench.data import load_sev, select_rows
 from sev_bench.methods import resolve_method
 from sev_bench.prompts import EMOTIONS, VALENCES
-from sev_bench.runner import select_rows
 
 
 def distinct_chats(method_name: str, rows: list[dict]) -> list[list[dict]]:

@@ -22,11 +22,10 @@ import time
 import torch
 
 from sev_bench.backends.hf import render_prompt
-from sev_bench.data import load_sev
+from sev_bench.data import load_sev, select_rows
 from sev_bench.discovery.circuit import head_importance, head_importance_naive
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, PROMPTING_SYSTEM_TEMPLATE, VALENCES, chat
-from sev_bench.runner import select_rows
 
 
 def main() -> None:

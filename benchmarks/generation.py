@@ -15,10 +15,9 @@ import time
 import torch
 
 from sev_bench.backends.hf import GenerationConfig, HFGenerator, render_prompt
-from sev_bench.data import load_sev
+from sev_bench.data import load_sev, select_rows
 from sev_bench.methods import resolve_method
 from sev_bench.models import load_model
-from sev_bench.runner import select_rows
 
 
 def sequential_replies(loaded, conversations, max_new_tokens: int) -> list[str]:

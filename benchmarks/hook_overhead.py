@@ -25,13 +25,12 @@ import time
 import torch
 
 from sev_bench.backends.hf import GenerationConfig, HFGenerator
-from sev_bench.data import load_sev
+from sev_bench.data import load_sev, select_rows
 from sev_bench.interventions import InterventionSpec
 from sev_bench.methods import resolve_method
 from sev_bench.methods.steering import resolve_layers
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, VALENCES
-from sev_bench.runner import select_rows
 
 
 def steering_specs(loaded, alpha: float = 8.0) -> list[InterventionSpec]:

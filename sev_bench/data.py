@@ -414,3 +414,30 @@ def _describe_feature(feature) -> str:
     if names:
         return "ClassLabel: " + ", ".join(names)
     return f"Value({feature.dtype})"
+
+
+def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | None) -> list[dict]:
+    """Rows of one split, filtered, in theme-interleaved order: the first skeleton of every theme, then
+    the second of every theme, ... (each skeleton's rows valence-major). So `limit=144` covers one
+    skeleton of each of the 8 themes in all valences and emotions; then the first `limit` rows."""
+    valence_names = dataset.features["valence"].names
+    emotion_names = dataset.features["target_emotion"].names
+    theme_names = dataset.features["theme"].names
+    position_of_skeleton: dict[str, tuple[int, int]] = {}
+    per_theme: dict[int, int] = {}
+    rows = []
+    for row in dataset:
+        if row["skeleton_id"] not in position_of_skeleton:
+            position = per_theme.get(row["theme"], 0)
+            per_theme[row["theme"]] = position + 1
+            position_of_skeleton[row["skeleton_id"]] = (position, row["theme"])
+        row = {
+            **row,
+            "valence": valence_names[row["valence"]],
+            "target_emotion": emotion_names[row["target_emotion"]],
+            "theme": theme_names[row["theme"]],
+        }
+        if row["valence"] in valences and row["target_emotion"] in emotions:
+            rows.append(row)
+    rows.sort(key=lambda row: position_of_skeleton[row["skeleton_id"]])  # stable: keeps row order within
+    return rows[:limit] if limit is not None else rows

@@ -16,7 +16,6 @@ import json
 import math
 import shlex
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from .atomic import write_text_atomic
@@ -28,6 +27,7 @@ from .hashing import slug
 from .metrics import grouped_accuracy
 from .prompts import EMOTIONS, VALENCES
 from .results import SCHEMA_VERSION, reject_constant
+from .results_schema import schema_problem
 
 BENCHMARK_SPLIT = "test"
 FULL_SPLIT = f"full {BENCHMARK_SPLIT} split"  # the selection label of a run on the whole split
@@ -129,40 +129,9 @@ class Entry:
 # -- validation ------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def results_schema() -> dict:
-    return json.loads((Path(__file__).resolve().parent / "schema" / "results.schema.json").read_text("utf-8"))
-
-
 def pinned_sha256() -> dict[str, str]:
     """The sha256 of each SEV file of the pinned release (what every entry must have read)."""
     return {name: pinned.sha256 for name, pinned in SEV_FILES.items()}
-
-
-def _dotted(path) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def schema_problem(results: dict) -> str | None:
-    """The first schema violation as one line (missing fields first), or None."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(results_schema())
-    errors = sorted(
-        validator.iter_errors(results),
-        key=lambda e: (e.validator != "required", [str(p) for p in e.absolute_path], e.message),
-    )
-    if not errors:
-        return None
-    error = errors[0]
-    where = list(error.absolute_path)
-    if error.validator == "required":
-        missing = [name for name in error.validator_value if name not in error.instance]
-        return f"missing field {_dotted(where + missing[:1])}"
-    message = " ".join(error.message.split())
-    if len(message) > 120:
-        message = message[:117] + "..."
-    return f"field {_dotted(where) or '(root)'}: {message}"
 
 
 def _cell_difference(path: str, stated: dict, recomputed: dict) -> str | None:

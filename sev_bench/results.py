@@ -24,6 +24,7 @@ from pathlib import Path
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
+from .results_schema import schema_problem
 
 SCHEMA_VERSION = "1.0"
 # Identity keys added after runs were published: a run dir whose run.json lacks one of them (and that
@@ -293,8 +294,6 @@ def load_results(path: str | Path) -> dict:
         raise UserError(f"{path}: not a results file (not a JSON object)")
     if data.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION!r}")
-    from .leaderboard import schema_problem  # here: the leaderboard module imports this one
-
     problem = schema_problem(data)
     if problem:
         raise UserError(f"{path}: not a complete results file ({problem})")

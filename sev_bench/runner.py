@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev
+from .data import PINNED_COMMIT, SOURCE_REPOSITORY, dataset_fingerprint, load_sev, select_rows
 from .defaults import DEFAULT_SCORER
 from .errors import UserError
 from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, measure_samples, regate_samples
@@ -63,33 +63,6 @@ def _check_names(given: list[str] | None, allowed: tuple[str, ...], what: str) -
         if name not in allowed:
             raise UserError(f"unknown {what} {name!r}; expected one of {', '.join(allowed)}")
     return [name for name in allowed if name in given]
-
-
-def select_rows(dataset, emotions: list[str], valences: list[str], limit: int | None) -> list[dict]:
-    """Rows of one split, filtered, in theme-interleaved order: the first skeleton of every theme, then
-    the second of every theme, ... (each skeleton's rows valence-major). So `limit=144` covers one
-    skeleton of each of the 8 themes in all valences and emotions; then the first `limit` rows."""
-    valence_names = dataset.features["valence"].names
-    emotion_names = dataset.features["target_emotion"].names
-    theme_names = dataset.features["theme"].names
-    position_of_skeleton: dict[str, tuple[int, int]] = {}
-    per_theme: dict[int, int] = {}
-    rows = []
-    for row in dataset:
-        if row["skeleton_id"] not in position_of_skeleton:
-            position = per_theme.get(row["theme"], 0)
-            per_theme[row["theme"]] = position + 1
-            position_of_skeleton[row["skeleton_id"]] = (position, row["theme"])
-        row = {
-            **row,
-            "valence": valence_names[row["valence"]],
-            "target_emotion": emotion_names[row["target_emotion"]],
-            "theme": theme_names[row["theme"]],
-        }
-        if row["valence"] in valences and row["target_emotion"] in emotions:
-            rows.append(row)
-    rows.sort(key=lambda row: position_of_skeleton[row["skeleton_id"]])  # stable: keeps row order within
-    return rows[:limit] if limit is not None else rows
 
 
 def in_shard(row: dict, shard: tuple[int, int] | None) -> bool:

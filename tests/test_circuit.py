@@ -11,7 +11,7 @@ import torch
 from sev_bench import prompts
 from sev_bench.backends.hf import render_prompt
 from sev_bench.cli import main
-from sev_bench.data import dataset_fingerprint, load_sev
+from sev_bench.data import dataset_fingerprint, load_sev, select_rows
 from sev_bench.discovery.circuit import (
     PAPER_SHARES,
     CircuitConfig,
@@ -49,7 +49,7 @@ from sev_bench.interventions import Capture, HookSession, InterventionSpec, hand
 from sev_bench.methods import resolve_method
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, VALENCES
-from sev_bench.runner import RunRequest, run, select_rows
+from sev_bench.runner import RunRequest, run
 
 TINY = ["tiny-random-qwen2", "tiny-random-llama"]
 # The protocol's worked example (step 6b): anger's heads per layer on Llama-3.2-3B.

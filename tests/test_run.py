@@ -171,8 +171,7 @@ def test_emotion_and_valence_selection(tmp_path):
 
 
 def test_limit_interleaves_themes(sev_data_dir):
-    from sev_bench.data import load_sev
-    from sev_bench.runner import select_rows
+    from sev_bench.data import load_sev, select_rows
 
     test = load_sev(sev_data_dir)["test"]
     rows = select_rows(test, list(EMOTIONS), list(VALENCES), 144)

@@ -9,7 +9,7 @@ import torch
 
 from sev_bench import prompts
 from sev_bench.cli import main
-from sev_bench.data import dataset_fingerprint, load_sev
+from sev_bench.data import dataset_fingerprint, load_sev, select_rows
 from sev_bench.discovery.directions import (
     MIN_GROUPS,
     DirectionConfig,
@@ -23,7 +23,7 @@ from sev_bench.methods import resolve_method
 from sev_bench.methods.steering import resolve_layers
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, VALENCES
-from sev_bench.runner import RunRequest, run, select_rows
+from sev_bench.runner import RunRequest, run
 
 
 def test_directions_recover_a_planted_structure():

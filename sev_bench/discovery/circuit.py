@@ -1384,8 +1384,7 @@ def obtain_circuit(
 ) -> tuple[Circuit, bool]:
     """The cached circuit for this model and these inputs, discovered first (directions included) when
     there is none (said on the log when `announce`). Returns (circuit, reused)."""
-    from ..data import dataset_fingerprint, load_sev
-    from ..runner import select_rows  # not at the top: the runner imports the methods, which import this
+    from ..data import dataset_fingerprint, load_sev, select_rows
     from .directions import obtain_directions
 
     fingerprint = dataset_fingerprint(context.data_dir)

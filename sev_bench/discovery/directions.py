@@ -394,8 +394,7 @@ def _bar(total: int, initial: int, desc: str, enabled: bool):
 def obtain_directions(context, accept: str, limit: int | None, output_dir=None) -> tuple[Directions, bool]:
     """The cached directions for this model and these inputs, discovered first when there are none.
     Returns (directions, reused)."""
-    from ..data import dataset_fingerprint, load_sev
-    from ..runner import select_rows  # not at the top: the runner imports the methods, which import this
+    from ..data import dataset_fingerprint, load_sev, select_rows
 
     config = DirectionConfig(accept=accept, limit=limit)
     fingerprint = dataset_fingerprint(context.data_dir)
