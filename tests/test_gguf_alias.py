@@ -8,8 +8,8 @@ import importlib.util
 import pytest
 
 from sev_bench import models
-from sev_bench.models import gguf
 from sev_bench.errors import UserError
+from sev_bench.models import gguf
 
 
 def _parts(tmp_path, contents: list[bytes]):
