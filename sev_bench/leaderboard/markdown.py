@@ -39,6 +39,7 @@ def _machine(entry: Entry) -> str:
 
 
 def readme(entries: list[Entry], refused: list[tuple[str, str]]) -> str:
+    """The whole README.md: the header, one table per (model, subset) with its run dirs, the refused runs."""
     sha_list = ", ".join(f"`{SEV_FILES[name].local}` `{sha[:12]}`" for name, sha in sorted(pinned_sha256().items()))
     out = [
         HEADER.replace("{max_new_tokens}", str(DEFAULT_MAX_NEW_TOKENS))

@@ -15,7 +15,7 @@ from .markdown import readme
 from .ordering import group_slug, grouped
 from .validation import collect
 
-GENERATED = ("README.md", "leaderboard.csv", "index.html")
+GENERATED = ("README.md", "leaderboard.csv", "index.html")  # the files `build` writes beside plots/
 
 
 def build(root: str | Path = "leaderboards") -> tuple[list[Entry], list[tuple[str, str]], list[Path]]:
