@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compare import _decoding
 from .errors import UserError
+from .leaderboard.entry import decoding_settings
 from .prompts import VALENCES
 from .results import load_results
 
@@ -63,7 +63,7 @@ def _notes(run: dict, base: dict) -> list[str]:
         ("model revision", sr["model"].get("revision"), sb["model"].get("revision")),
         ("dtype", sr["model"].get("dtype"), sb["model"].get("dtype")),
         ("backend", sr["backend"].get("name"), sb["backend"].get("name")),
-        ("decoding", _decoding(sr), _decoding(sb)),
+        ("decoding", decoding_settings(sr["generation"]), decoding_settings(sb["generation"])),
         ("scorer", sr["scorer"].get("id"), sb["scorer"].get("id")),
         ("scorer sha256", sr["scorer"].get("sha256"), sb["scorer"].get("sha256")),
         ("dataset sha256", sr["dataset"].get("sha256"), sb["dataset"].get("sha256")),

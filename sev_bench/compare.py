@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .leaderboard.entry import decoding_settings
 from .prompts import EMOTIONS, VALENCES
 from .results import load_results
 
@@ -67,14 +68,14 @@ def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
     if b + c == 0:
         return 1.0
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # heavy (about a second); only `compare` needs it
 
     return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
 
 
 def paired_bootstrap(a, b, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile 95% interval of mean(b) - mean(a) over paired resamples of the same items."""
-    import numpy as np
+    import numpy as np  # heavy for the CLI's start-up; only `compare` needs it
 
     difference = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     n = len(difference)
@@ -140,12 +141,6 @@ def paired_rows(
     return rows
 
 
-def _decoding(spec: dict) -> dict:
-    """The decoding settings of a run (without the chat template's hash and inputs and the policy label)."""
-    not_decoding = ("chat_template_sha256", "chat_template_kwargs", "policy")
-    return {k: v for k, v in spec["generation"].items() if k not in not_decoding}
-
-
 def _gate(spec: dict) -> str:
     """A run's fluency gate in words: the chat its perplexities were measured under and the bound."""
     gate = spec.get("fluency")
@@ -165,8 +160,9 @@ def warnings_for(a: dict, b: dict) -> list[str]:
             f"scorer {sa['scorer']['id']} differs in sha256: {str(sa['scorer']['sha256'])[:12]} vs "
             f"{str(sb['scorer']['sha256'])[:12]} (retrained weights)"
         )
-    if _decoding(sa) != _decoding(sb):
-        da, db = (json.dumps(_decoding(spec), sort_keys=True) for spec in (sa, sb))
+    decoding_a, decoding_b = (decoding_settings(spec["generation"]) for spec in (sa, sb))
+    if decoding_a != decoding_b:
+        da, db = (json.dumps(decoding, sort_keys=True) for decoding in (decoding_a, decoding_b))
         found.append(f"decoding differs: {da} vs {db}")
     kwargs_a, kwargs_b = (spec["generation"].get("chat_template_kwargs") for spec in (sa, sb))
     if kwargs_a != kwargs_b:

