@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = "1.0"
+SAMPLES_FILE = "samples.jsonl"  # a run dir's samples, named in its results.json
 # The scorer's fields of a sample line, in file order; a scorer may add its own after them
 # (the judge: `judge_reason`, or `score_error` when it could not score a reply).
 SCORE_FIELDS = ("predicted_emotion", "probs", "correct")
@@ -104,7 +105,7 @@ class RunResults:
     spec: dict
     metrics: dict
     timings: dict
-    samples_file: str = "samples.jsonl"
+    samples_file: str = SAMPLES_FILE
     schema_version: str = SCHEMA_VERSION
     sections: dict[str, Any] = field(default_factory=dict)
 

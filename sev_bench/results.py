@@ -24,7 +24,7 @@ from pathlib import Path
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
-from .records import SCHEMA_VERSION, RunResults, SampleRecord, results_json, sample_json
+from .records import SAMPLES_FILE, SCHEMA_VERSION, RunResults, SampleRecord, results_json, sample_json
 from .results_schema import schema_problem
 
 # SCHEMA_VERSION (defined with the records) is imported from here by the leaderboard.
@@ -99,7 +99,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.samples_path = self.path / "samples.jsonl"
+        self.samples_path = self.path / SAMPLES_FILE
         self.identity_path = self.path / "run.json"
         self.results_path = self.path / "results.json"
         self.summary_path = self.path / "summary.md"

@@ -11,7 +11,7 @@ A run is a sequence of named steps (`run` reads as it):
 5. `generate_and_score`: the missing replies, scored and appended to the samples file batch by batch;
 6. `collect`: every row's sample, once the other shards or ranks are done;
 7. `measure_fluency`: perplexity for samples made before it was measured, verdicts redrawn under the gate;
-8. `finalize`: the metrics and `results.json` (`RunResults`).
+8. `build_results` and `finalize`: the metrics, then `results.json` (`RunResults`) and the summary.
 """
 
 from __future__ import annotations
@@ -29,11 +29,18 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import provenance
-from .backends import backend_info, make_generator
+from .backends import Generator, backend_info, make_generator
 from .data import PINNED_COMMIT, SOURCE_REPOSITORY
 from .distributed import wait_for_all_ranks
 from .errors import UserError
-from .fluency import aggregate_fluency, fluency_records, has_gate_perplexity, measure_samples, regate_samples
+from .fluency import (
+    FluencyThresholds,
+    aggregate_fluency,
+    fluency_records,
+    has_gate_perplexity,
+    measure_samples,
+    regate_samples,
+)
 from .fluency_calibration import gate_for
 from .methods.base import PrepareContext
 from .metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
@@ -67,8 +74,8 @@ class RunState:
 class Engine:
     """The loaded generator and the fluency gate (thresholds and their record) for its model."""
 
-    generator: object  # a sev_bench.backends.Generator
-    thresholds: object  # sev_bench.fluency.FluencyThresholds
+    generator: Generator
+    thresholds: FluencyThresholds
     gate_info: dict
 
 
@@ -100,11 +107,10 @@ def run(request: RunRequest) -> tuple[dict | None, Path]:
         if collected.samples is None:
             return collected.results, run_dir.path
         measured = measure_fluency(planned, engine, collected.samples, timings)
-        results = finalize(planned, engine, scorer, artifact, state, collected.samples, timings, started)
+        results = build_results(planned, engine, scorer, artifact, state, collected.samples, timings, started)
         # a finished run that gains its fluency metrics always gets its samples rewritten with their records
         rewrite_samples = measured or state.previous is not None
-        run_dir.finish(collected.samples, results, summary_markdown(results.to_json()), rewrite_samples)
-        return results.to_json(), run_dir.path
+        return finalize(run_dir, collected.samples, results, rewrite_samples), run_dir.path
 
 
 # -- 2. the run dir and the scorer -----------------------------------------------------------------
@@ -376,7 +382,7 @@ def measure_fluency(planned: RunPlan, engine: Engine, samples: list[dict], timin
 # -- 8. finalize -----------------------------------------------------------------------------------
 
 
-def finalize(
+def build_results(
     planned: RunPlan, engine: Engine, scorer, artifact, state: RunState, samples: list[dict], timings, started
 ) -> RunResults:
     """The run's results: new ones, or, when only the fluency metrics were missing, the earlier results
@@ -403,6 +409,14 @@ def finalize(
         },
         timings={**timings, "samples_reused": len(planned.rows) - len(state.todo)},
     )
+
+
+def finalize(run_dir: RunDir, samples: list[dict], results: RunResults, rewrite_samples: bool) -> dict:
+    """Write the samples (merged, or rewritten when they changed), the summary and, last, results.json;
+    returns the results document."""
+    document = results.to_json()
+    run_dir.finish(samples, results, summary_markdown(document), rewrite_samples=rewrite_samples)
+    return document
 
 
 def _spec(planned: RunPlan, engine: Engine, scorer, artifact) -> dict:
