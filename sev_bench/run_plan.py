@@ -26,6 +26,8 @@ SPLITS = ("train", "dev", "test")
 
 @dataclass
 class RunRequest:
+    """What `sev-bench run` asks for: one field per command-line option."""
+
     method: str = "prompting"
     model: str = "smollm2-135m"
     split: str = "test"
