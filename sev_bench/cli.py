@@ -283,6 +283,8 @@ def cmd_methods(args) -> None:
         config = resolve_method(name)
         origin = "config" if name in configs else "plug-in"
         print(f"{name:<14} {config.method.kind:<8} {origin:<8} {config.description}")
+        for line in config.method.describe_params():  # each parameter with its type, default and constraint
+            print(f"{'':<16}{line}")
 
 
 def cmd_rescore(args) -> None:

@@ -24,9 +24,11 @@ from pathlib import Path
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .errors import UserError
 from .prompts import EMOTIONS, VALENCES
+from .records import SAMPLES_FILE, SCHEMA_VERSION, RunResults, SampleRecord, results_json, sample_json
 from .results_schema import schema_problem
 
-SCHEMA_VERSION = "1.0"
+# SCHEMA_VERSION (defined with the records) is imported from here by the leaderboard.
+
 # Identity keys added after runs were published: a run dir whose run.json lacks one of them (and that
 # otherwise matches) still resumes, with its run.json unchanged; `RunDir.legacy_keys` lists what it lacks.
 IDENTITY_ADDED_KEYS = ("chat_template_kwargs",)
@@ -47,8 +49,9 @@ RESUME_FIELDS = tuple(field for field in SAMPLE_FIELDS if field != "messages")
 DAMAGED_FILE = "samples.damaged.jsonl"
 
 
-def sample_lines(records: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+def sample_lines(records: list[SampleRecord | dict]) -> str:
+    """samples.jsonl lines: every sample line of a run dir is written by this function."""
+    return "".join(json.dumps(sample_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
 
 
 def _is_sample(record) -> bool:
@@ -96,7 +99,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.samples_path = self.path / "samples.jsonl"
+        self.samples_path = self.path / SAMPLES_FILE
         self.identity_path = self.path / "run.json"
         self.results_path = self.path / "results.json"
         self.summary_path = self.path / "summary.md"
@@ -237,7 +240,7 @@ class RunDir:
         if torn:
             print(f"sev-bench: {path}: dropped a torn last line (a write cut off by a kill)", file=sys.stderr)
 
-    def append(self, records: list[dict], path: Path | None = None) -> None:
+    def append(self, records: list[SampleRecord | dict], path: Path | None = None) -> None:
         """Append finished samples durably (one write, flushed and fsynced)."""
         if not records:
             return
@@ -246,7 +249,9 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def finish(self, samples: list[dict], results: dict, summary: str, rewrite_samples: bool = False) -> None:
+    def finish(
+        self, samples: list[dict], results: RunResults | dict, summary: str, rewrite_samples: bool = False
+    ) -> None:
         """Merge every shard's samples into `samples.jsonl` (in selection order), then write the summary
         and, last, `results.json`: its presence means the run is complete. The caller holds the dir alone
         (`lock`, or `lock_alone` for a shard). `rewrite_samples` rewrites `samples.jsonl` from `samples`
@@ -257,7 +262,7 @@ class RunDir:
             for path in shard_files:
                 path.unlink()
         write_text_atomic(self.summary_path, summary)
-        write_json_atomic(self.results_path, results)
+        write_json_atomic(self.results_path, results_json(results))
 
 
 def _acquire(path: Path, operation: int) -> int | None:

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import sev_bench.backends as backends
-from sev_bench.backends import check_backend
+import sev_bench.run_plan as run_plan
+import sev_bench.runner as runner
+from sev_bench.backends import BACKENDS, backend_info, check_backend, generator_class, register_generator
+from sev_bench.backends.base import Generator
+from sev_bench.backends.hf import HFGenerator
+from sev_bench.backends.vllm import VLLMGenerator
 from sev_bench.cli import main
 from sev_bench.errors import UserError
 from sev_bench.methods import METHODS, available_configs, resolve_method
@@ -24,7 +28,7 @@ def test_a_method_with_interventions_is_refused_on_vllm():
     for name in names:
         method = resolve_method(name).method
         check_backend("hf", method)
-        if method.kind != "prompt":
+        if method.changes_activations:
             with pytest.raises(UserError, match="interventions.*use --backend hf"):
                 check_backend("vllm", method)
 
@@ -75,8 +79,32 @@ def test_a_vllm_run_never_resumes_an_hf_run_dir(tmp_path, sev_data_dir, monkeypa
     def no_engine(*args, **kwargs):
         raise AssertionError("a refused run must not load an engine")
 
-    monkeypatch.setattr(backends, "check_backend", lambda name, method: None)  # as if vLLM were installed
-    monkeypatch.setattr(backends, "make_generator", no_engine)
+    monkeypatch.setattr(run_plan, "check_backend", lambda name, method: None)  # as if vLLM were installed
+    monkeypatch.setattr(runner, "make_generator", no_engine)
     request.backend = "vllm"
     with pytest.raises(UserError, match="holds a different run .*backend"):
         run(request)
+
+
+def test_backends_are_generators_registered_by_name():
+    assert BACKENDS == ("hf", "vllm")
+    assert generator_class("hf") is HFGenerator and generator_class("vllm") is VLLMGenerator
+    assert Generator in HFGenerator.__mro__ and Generator in VLLMGenerator.__mro__  # they declare the protocol
+    assert HFGenerator.supports_interventions and not VLLMGenerator.supports_interventions
+    with pytest.raises(ValueError, match="module:Class"):
+        register_generator("tgi", "sev_bench.backends.tgi")
+
+
+def test_backend_info_is_the_generators_own():
+    class Fake(HFGenerator):
+        def __init__(self):  # no model: only what `info` and `close` use
+            self.batch_size = 3
+
+    fake = Fake()
+    fake.close()  # the default: nothing to free
+    assert backend_info(fake) == {"name": "hf", "batch_size": 3}
+
+
+def test_methods_declare_whether_they_change_activations():
+    changes = {name: METHODS.get(name).changes_activations for name in METHODS.names()}
+    assert changes == {"circuit": True, "none": False, "prompting": False, "steering": True}

@@ -70,6 +70,39 @@ def test_param_types_are_coerced_and_checked():
         Param(int, 1).coerce("x", True)
 
 
+def test_param_constraints_are_declared_and_checked_in_one_place():
+    assert Param(str, "a", choices=("a", "b")).coerce("x", "b") == "b"
+    with pytest.raises(UserError, match=r"x='c': expected one of a, b"):
+        Param(str, "a", choices=("a", "b")).coerce("x", "c")
+    with pytest.raises(UserError, match=r"x=-1: expected >= 0"):
+        Param(int, 0, minimum=0).coerce("x", "-1")
+    with pytest.raises(UserError, match=r"x=2.5: expected <= 1"):
+        Param(float, 0.5, maximum=1).coerce("x", 2.5)
+    assert Param(int, 0, minimum=0, maximum=9).constraint() == ">= 0 and <= 9"
+    assert Param(str, "", help="a dir").describe("d", "here") == "d (str) = 'here' - a dir"
+    for name, bad in (("accept", "some"), ("discovery_limit", "-1")):  # the shared discovery params
+        for method in ("steering", "circuit"):
+            with pytest.raises(UserError, match=name):
+                resolve_method(method, [f"{name}={bad}"])
+
+
+def test_methods_lists_each_parameter_with_its_constraint(capsys):
+    from sev_bench.cli import main
+
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert "accept (str, one of all, scorer) = 'all'" in listed
+    assert "discovery_limit (int, >= 0) = 0" in listed and "alpha (float) = 8.0" in listed
+
+
+def test_a_plugin_that_only_names_its_kind_still_says_it_changes_activations():
+    class Legacy(ControlMethod):
+        name = "legacy"
+        kind = "steer"
+
+    assert Legacy.changes_activations and not Shout.changes_activations
+
+
 def test_yaml_path_and_its_errors(tmp_path):
     good = tmp_path / "angry.yaml"
     good.write_text(

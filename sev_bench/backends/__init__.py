@@ -1,24 +1,50 @@
-"""Generation engines: `hf` (batched transformers, hookable) and `vllm` (unsteered baselines only).
+"""Generation engines by name: `hf` (batched transformers, hookable) and `vllm` (unsteered baselines only).
 
-`make_generator(name, model_spec, ...)` builds either; both expose `generate(conversations, on_batch,
-interventions)`, `loaded` (tokenizer + model, weightless on vLLM), `device`, `batch_size` and
-`new_token_count`. `backend_info(generator)` is what a run records under `spec.backend`.
+Each engine is a `Generator` (`sev_bench.backends.base`), registered here as "module:Class" and imported
+only when it is asked for. `make_generator(name, model_spec, ...)` loads one; `check_backend` says, before
+anything loads, whether a method can run on it; `backend_info(generator)` is what a run records under
+`spec.backend`.
 """
 
 from __future__ import annotations
 
-from ..errors import UserError
+import importlib
 
-BACKENDS = ("hf", "vllm")
+from ..errors import UserError
+from .base import Generator, GeneratorSettings
+
+# backend name -> "module:Class" of its Generator, imported on first use
+_GENERATORS: dict[str, str] = {}
+
+
+def register_generator(name: str, target: str) -> None:
+    """Make `--backend name` load the Generator class `target` ("package.module:Class")."""
+    module, sep, attribute = target.partition(":")
+    if not (sep and module and attribute):
+        raise ValueError(f"backend {name!r}: expected 'module:Class', got {target!r}")
+    _GENERATORS[name] = target
+
+
+register_generator("hf", "sev_bench.backends.hf:HFGenerator")
+register_generator("vllm", "sev_bench.backends.vllm:VLLMGenerator")
+BACKENDS = tuple(_GENERATORS)
+
+
+def generator_class(name: str) -> type[Generator]:
+    """The Generator class of backend `name` (its module imported now); a one-line UserError if unknown."""
+    target = _GENERATORS.get(name)
+    if target is None:
+        raise UserError(f"unknown backend {name!r}; expected one of {', '.join(_GENERATORS)}")
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def check_backend(name: str, method) -> None:
     """A one-line UserError when `method` (a ControlMethod) cannot run on backend `name`."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    if name == "vllm" and method.kind != "prompt":
+    engine = generator_class(name)
+    if method.changes_activations and not engine.supports_interventions:
         raise UserError(
-            f"method {method.name!r} applies interventions ({method.kind}), which the vllm backend cannot run "
+            f"method {method.name!r} applies interventions ({method.kind}), which the {name} backend cannot run "
             "(no forward hooks there); use --backend hf"
         )
     if name not in method.backends:
@@ -26,13 +52,7 @@ def check_backend(name: str, method) -> None:
             f"method {method.name!r} does not run on the {name} backend "
             f"(it declares: {', '.join(sorted(method.backends))})"
         )
-    if name == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:  # before the data, the scorer or the model load
-            from .vllm import require_vllm
-
-            require_vllm()
+    engine.check_installed()  # before the data, the scorer or the model load
 
 
 def make_generator(
@@ -45,30 +65,13 @@ def make_generator(
     config=None,
     seed: int = 0,
     threads: int | None = None,
-):
+) -> Generator:
     """Load `model_spec` (alias, local dir, GGUF file or hub id) for backend `name`. `threads` (CPU only):
     torch's intra-op threads for hf (the caller sets them), the cores vLLM's CPU worker binds to for vllm."""
-    if name == "hf":
-        from ..models import load_model
-        from .hf import HFGenerator
-
-        return HFGenerator(load_model(model_spec, dtype=dtype, device=device), batch_size, config)
-    if name == "vllm":
-        from .vllm import VLLMGenerator, load_model_meta, require_vllm
-
-        require_vllm()  # before any model conversion
-        from vllm.platforms import current_platform
-
-        engine_device = "cuda" if current_platform.device_type == "cuda" else "cpu"
-        if device not in ("auto", engine_device) and not (device.startswith("cuda") and engine_device == "cuda"):
-            raise UserError(f"--device {device}: this vLLM build runs on {engine_device}")
-        loaded, model_dir = load_model_meta(model_spec, dtype=dtype, device=engine_device)
-        return VLLMGenerator(loaded, model_dir, batch_size, config, seed=seed, threads=threads)
-    raise UserError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    settings = GeneratorSettings(dtype, device, batch_size, config, seed, threads)
+    return generator_class(name).load(model_spec, settings)
 
 
-def backend_info(generator) -> dict:
+def backend_info(generator: Generator) -> dict:
     """`spec.backend` of a run: the engine's name, version and settings."""
-    if hasattr(generator, "info"):
-        return generator.info()
-    return {"name": generator.name, "batch_size": generator.batch_size}
+    return generator.info()

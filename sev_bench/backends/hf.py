@@ -11,8 +11,9 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..models import LoadedModel
+from ..models import LoadedModel, load_model
 from ..prompts import CHAT_TEMPLATE_KWARGS
+from .base import Generator, GeneratorSettings
 
 Messages = list[dict[str, str]]
 
@@ -49,8 +50,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class HFGenerator:
+class HFGenerator(Generator):
     name = "hf"
+    supports_interventions = True  # forward hooks (sev_bench.interventions), live for one batch at a time
+
+    @classmethod
+    def load(cls, model_spec: str, settings: GeneratorSettings) -> HFGenerator:
+        """Load `model_spec` with transformers (torch's CPU threads are the caller's to set)."""
+        loaded = load_model(model_spec, dtype=settings.dtype, device=settings.device)
+        return cls(loaded, settings.batch_size, settings.config)
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 16, config: GenerationConfig | None = None):
         if batch_size < 1:

