@@ -1,5 +1,5 @@
 """vLLM vs HF generation throughput on the same `none` and `prompting` prompts (needs vLLM: run it in the
-environment that has it, e.g. `.venv-vllm`, see README "vLLM backend").
+environment that has it, e.g. `.venv-vllm`, see docs/scale-out.md, "vLLM backend").
 
     python benchmarks/backends.py            # 72 rows per method of the test split, 100 new tokens
     python benchmarks/backends.py --quick    # 24 rows per method, 64 new tokens (a few minutes, mostly startup)

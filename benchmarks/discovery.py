@@ -1,4 +1,4 @@
-"""Head importance (protocol step 4b): the batched stage vs the one-head-one-prompt loop, same prompts.
+"""Head importance (docs/protocol.md, step 4b): the batched stage vs the one-head-one-prompt loop, same prompts.
 
     python benchmarks/discovery.py            # 6 train prompts, smollm2-135m
     python benchmarks/discovery.py --quick    # 1 prompt (a few minutes on 2 busy CPU cores)

@@ -10,7 +10,7 @@ outputs of the protocol's layer range, at the last prompt token and every genera
 unit directions of the right shape (cost does not depend on the direction). Passes alternate and the best
 of `--repeats` is kept. Prints `steered_throughput_ratio: X` (steered tokens/s over plain tokens/s).
 
-The circuit case runs the `circuit` method's interventions (protocol step 7) for a random circuit of the
+The circuit case runs the `circuit` method's interventions (docs/protocol.md, step 7) for a random circuit of the
 default budget (the paper's shares of heads and MLP neurons, allocated as by `sev-bench discover circuit`
 with equal importances: on SmolLM2-135M 4 neurons and 2-3 heads in every layer, 2L hooks; the cost does not
 depend on how many components are selected, each hook adds one dense masked value) with random difference

@@ -6,8 +6,8 @@ MiniLM embeddings) with a seventh `none` class, learned from the same no-emotion
 
 Prints its accuracy on the judge-accepted test-split replies (beside the six-class probe fitted the same
 way) and the share of each stress set it calls `none`. One CPU thread, about 3 minutes here. Result on
-2026-11-26 (README, "Scoring"): 0.935 vs 0.937 for the six-class fit; `none` for 97.7% of the neutral and
-71.9% of the off-topic stress texts.
+2026-11-26: 0.935 vs 0.937 for the six-class fit; `none` for 97.7% of the neutral and 71.9% of the
+off-topic stress texts.
 """
 
 from __future__ import annotations

@@ -2,5 +2,5 @@
 start-up)."""
 
 # The scorer every command uses unless told otherwise: the best one measured against the paper's judge
-# (README, "Scorers": the agreement and stress figures of each built-in scorer).
+# (docs/scoring.md, "How it was measured and chosen": the agreement and stress figures of each built-in scorer).
 DEFAULT_SCORER = "minilm-emotions"

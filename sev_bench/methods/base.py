@@ -1,4 +1,4 @@
-"""The ControlMethod contract (DESIGN.md "Methods") and the method registry.
+"""The ControlMethod contract (docs/methods.md, "Your own method") and the method registry.
 
 A method declares what it sends and what it changes, never how the engine runs:
 - `messages(sample, target_emotion)`: the chat it sends for one SEV row;

@@ -1,4 +1,4 @@
-"""`circuit`: modulate the discovered emotion circuit (protocol step 7).
+"""`circuit`: modulate the discovered emotion circuit (docs/protocol.md, step 7).
 
 For the target emotion's selected neurons N_l and heads H_l (`sev-bench discover circuit`):
 

@@ -1,4 +1,4 @@
-"""`steering`: add a context-agnostic emotion direction to decoder-layer outputs (protocol step 3).
+"""`steering`: add a context-agnostic emotion direction to decoder-layer outputs (docs/protocol.md, step 3).
 
     h <- h + alpha * RMS(h) * v_e^(l)    for each layer l in the range,
 
