@@ -23,7 +23,7 @@ import torch
 
 from sev_bench.backends.hf import render_prompt
 from sev_bench.data import load_sev, select_rows
-from sev_bench.discovery.circuit import head_importance, head_importance_naive
+from sev_bench.discovery.stages.heads import head_importance, head_importance_naive
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, PROMPTING_SYSTEM_TEMPLATE, VALENCES, chat
 
