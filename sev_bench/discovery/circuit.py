@@ -56,13 +56,15 @@ one module each in `sev_bench.discovery.stages`, run in the order of `CIRCUIT_ST
 The artifact (folder): `circuit.safetensors` (`neurons` [6, L, d_ff] and `heads` [6, L, H] selection
 masks, `dmu_mlp` [6, L, d_ff], `dmu_attn` [6, L, H*head_dim]), `circuit.json` (the selected indices),
 `metadata.json` (model, dataset, scorer, directions sha256, config, the budget and the shares of heads and
-neurons selected, timings; written last), `report.md`
-+ PNGs, `validation.csv`, and `stages/` (the per-stage analysis tensors); see `circuit_artifact`.
+neurons selected, timings; written last), `report.md` + PNGs, `validation.csv`, and `stages/` (the
+per-stage analysis tensors); see `circuit_artifact`.
 
-Where the rest lives: the settings in `circuit_config`, the formulas in `circuit_math`, the prompts in
-`circuit_inputs`, the batched last-token engine in `last_token`, the report in `circuit_report` and
-`circuit_figures`, and what directions and circuits share (artifact checks, cache folders, the stage
-cache) in `artifacts`.
+This module runs the stages (`CIRCUIT_STAGES`, through the stage cache), then the integration, and writes
+the artifact. Where the rest lives: the settings in `circuit_config`, the formulas in `circuit_math`, the
+prompts in `circuit_inputs`, the batched last-token engine in `last_token`, the report in
+`circuit_report` (figures: `circuit_figures`, numbers: `circuit_summary`), and what the directions and
+the circuits share (artifact checks, cache folders, the stage cache) in `artifacts`. torch is imported
+inside functions: the CLI imports this module at start-up.
 """
 
 from __future__ import annotations
@@ -123,7 +125,6 @@ CIRCUIT_STAGES = (
     Stage("sublayers", "copy", sublayers.describe, sublayers.total, sublayers.compute),
     Stage("validation", "copy", validation.describe, validation.total, validation.compute),
 )
-STAGES = tuple(stage.name for stage in CIRCUIT_STAGES)
 
 
 def discover_circuit(

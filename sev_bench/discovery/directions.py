@@ -35,7 +35,7 @@ from .artifacts import (
     ACCEPT_MODES,
     MIN_GROUPS,
     cached_artifact_dir,
-    check_model,
+    check_model,  # noqa: F401  (re-exported: methods/steering.py imports it from here)
     complete_groups,
     key_digest,
     model_signature,
@@ -46,9 +46,6 @@ from .artifacts import (
 )
 from .context import command_context
 from .directions_report import write_directions_report
-
-# Re-exported: methods/steering.py and the tests import these from here.
-__all__ = ["ACCEPT_MODES", "MIN_GROUPS", "check_model", "seal"]
 
 ARTIFACT_FORMAT = "sev-bench-directions/1"
 POSITIONS = ("attn", "mlp")
