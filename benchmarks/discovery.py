@@ -6,7 +6,7 @@
 The loop is what the authors' script does: for every prompt and every (layer, head), one full forward of
 the prompt with that head's slice of the o_proj input zeroed, reading <post_attention_layernorm(h_mid),
 v_attn> (the MLP's input; `--head-space residual`: <h_mid, v_attn>) at that layer (plus one clean forward
-per prompt and layer). The batched stage (`sev_bench.discovery.circuit.
+per prompt and layer). The batched stage (`sev_bench.discovery.stages.heads.
 head_importance`) prefills each prompt once without its last token, then runs that token as one decode
 step carrying a clean copy and one copy per head of a layer (per-row specs), and stops the forward after
 the layer it measures. Both use the same random unit directions (the cost does not depend on them) and
@@ -23,7 +23,7 @@ import torch
 
 from sev_bench.backends.hf import render_prompt
 from sev_bench.data import load_sev, select_rows
-from sev_bench.discovery.circuit import head_importance, head_importance_naive
+from sev_bench.discovery.stages.heads import head_importance, head_importance_naive
 from sev_bench.models import load_model
 from sev_bench.prompts import EMOTIONS, PROMPTING_SYSTEM_TEMPLATE, VALENCES, chat
 

@@ -10,10 +10,9 @@ import torch
 from sev_bench import prompts
 from sev_bench.cli import main
 from sev_bench.data import dataset_fingerprint, load_sev, select_rows
+from sev_bench.discovery.artifacts import MIN_GROUPS, check_model
 from sev_bench.discovery.directions import (
-    MIN_GROUPS,
     DirectionConfig,
-    check_model,
     discover_directions,
     emotion_directions,
     load_directions,

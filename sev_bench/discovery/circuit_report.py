@@ -1,5 +1,6 @@
-"""`report.md` + PNGs for a circuit artifact: head importance, the neuron contribution long tail, sublayer
-importance, ablation / enhancement curves, circuit size per layer and the emotions' overlap."""
+"""`report.md` of a circuit artifact (its figures: `circuit_figures`): inputs, wall time per stage, head
+importance, the long tails, causal validation, sublayer importance and the global circuits, each compared
+with the paper's figures."""
 
 from __future__ import annotations
 
@@ -7,241 +8,37 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..prompts import EMOTIONS
-from .report import PNG_METADATA, _pyplot
-
-COLOURS = ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:green", "tab:brown")
-# What head importance projects, per head_space (metadata config; an artifact without one read the residual).
-SPACE_READING = {
-    "mlp_input": "<post_attention_layernorm(h_mid), v_attn>",
-    "residual": "<h_mid, v_attn>",
-}
-
-
-def head_space(meta) -> str:
-    return meta["config"].get("head_space", "residual")
-
-
-def _percent(share: dict) -> str:
-    return f"{share['selected']:,} / {share['total']:,} ({share['percent']:.3g}%)"
-
-
-def long_tail_figures(contrib_mean, head_importance) -> dict:
-    """Per emotion: how concentrated head importance and neuron contributions are."""
-    import torch
-
-    result = {}
-    for e, emotion in enumerate(EMOTIONS):
-        heads = head_importance[e].flatten().sort(descending=True).values
-        neurons = contrib_mean[e].flatten().sort(descending=True).values
-        top_head = float(heads[0])
-        rank20 = float(neurons[min(19, len(neurons) - 1)])
-        result[emotion] = {
-            "top_head": top_head,
-            "median_head": float(heads.median()),
-            "heads_over_0.1": float((heads > 0.1).float().mean()),
-            "heads_over_10pct_of_top": float((heads > 0.1 * top_head).float().mean()) if top_head > 0 else 0.0,
-            "top_neuron": float(neurons[0]),
-            "neuron_rank20": rank20,
-            "top_over_rank20": float(neurons[0]) / rank20 if rank20 > 0 else float("inf"),
-            "median_abs_neuron": float(neurons.abs().median()),
-            "top_over_median_abs": float(neurons[0] / neurons.abs().median().clamp_min(torch.finfo().tiny)),
-        }
-    return result
-
-
-def _mean_over_emotions(records, **match):
-    chosen = [r for r in records if all(r[k] == v for k, v in match.items())]
-    if not chosen:
-        return None
-    return {
-        "local": sum(r["delta_local"] for r in chosen) / len(chosen),
-        "final": sum(r["delta_final"] for r in chosen) / len(chosen),
-    }
-
-
-def validation_summary(records) -> list[dict]:
-    """Per kind and k: mean over emotions of the score change, top vs random, ablation and enhancement at
-    scale 1 (or the scale closest to 1)."""
-    rows = []
-    scales = sorted({r["scale"] for r in records if r["mode"] == "enhance"})
-    scale = min(scales, key=lambda s: abs(s - 1.0)) if scales else None
-    for kind in ("neurons", "heads"):
-        for k in sorted({r["k"] for r in records if r["kind"] == kind}):
-            row = {"kind": kind, "k": k, "scale": scale}
-            for mode, selection in (("ablate", "top"), ("ablate", "random"), ("enhance", "top"), ("enhance", "random")):
-                match = {"kind": kind, "k": k, "mode": mode, "selection": selection}
-                if mode == "enhance":
-                    match["scale"] = scale
-                row[f"{mode}_{selection}"] = _mean_over_emotions(records, **match)
-            rows.append(row)
-    return rows
+from .circuit_figures import write_circuit_figures
+from .circuit_summary import SPACE_READING, head_space, long_tail_figures, validation_summary
+from .stages.integration import paper_share_budget
 
 
 def write_circuit_report(circuit, acts, head_tensors, sub_tensors, records, out: Path) -> None:
-    import torch
-
-    plt = _pyplot()
+    """report.md and its PNGs into `out`, from the circuit and its stages' tensors and validation records."""
     meta = circuit.metadata
-    n_layers = circuit.num_layers
     head_importance = head_tensors["head_importance"]
     contrib_mean = acts["contrib_mean"]
     importance = sub_tensors["importance"]
-
-    # 1. head importance heatmaps
-    fig, axes = plt.subplots(2, 3, figsize=(13, 9), sharey=True)
-    limit = float(head_importance.abs().max()) or 1.0
-    for e, (emotion, ax) in enumerate(zip(EMOTIONS, axes.flat)):
-        image = ax.imshow(
-            head_importance[e].numpy(), aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower"
-        )
-        ax.set_title(emotion)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-    reading = SPACE_READING[head_space(meta)]
-    fig.colorbar(image, ax=axes, shrink=0.6, label=f"mean drop of {reading} when the head is zeroed")
-    fig.suptitle(f"Head importance (step 4b), {head_space(meta)} space")
-    fig.savefig(out / "head_importance.png", dpi=80, metadata=PNG_METADATA)
-    plt.close(fig)
-
-    # 2. long tails: pooled neuron contributions and head importances, sorted
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for e, emotion in enumerate(EMOTIONS):
-        neurons = contrib_mean[e].flatten().sort(descending=True).values[:200]
-        heads = head_importance[e].flatten().sort(descending=True).values[:60]
-        left.plot(range(1, len(neurons) + 1), neurons.numpy(), color=COLOURS[e], label=emotion)
-        right.plot(range(1, len(heads) + 1), heads.numpy(), color=COLOURS[e], label=emotion)
-    left.set_xscale("log")
-    left.set_title("Neuron contributions C_mean, all layers pooled, by rank")
-    left.set_xlabel("rank")
-    left.set_ylabel("C_mean")
-    right.set_xscale("log")
-    right.set_title(f"Head importance ({head_space(meta)} space), all layers pooled, by rank")
-    right.set_xlabel("rank")
-    left.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "neuron_long_tail.png", dpi=80, metadata=PNG_METADATA)
-    plt.close(fig)
-
-    # 3. sublayer importance heatmap (interleaved attn_0, mlp_0, attn_1, ...)
-    fig, ax = plt.subplots(figsize=(min(20, 4 + 0.35 * n_layers), 3.8))
-    interleaved = importance.reshape(len(EMOTIONS), -1).numpy()
-    limit = float(abs(interleaved).max()) or 1.0
-    image = ax.imshow(interleaved, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
-    ticks = list(range(0, 2 * n_layers, 2 * max(1, n_layers // 10)))
-    ax.set_xticks(ticks, [f"A{t // 2}" for t in ticks])
-    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
-    fig.colorbar(image, ax=ax, label="I (sums to 1 per emotion)")
-    ax.set_title("Sublayer importance I_{L,p} (step 6a): A<l> = attention of layer l, the next column its MLP")
-    fig.tight_layout()
-    fig.savefig(out / "sublayer_importance.png", dpi=80, metadata=PNG_METADATA)
-    plt.close(fig)
-
-    # 4. validation curves
-    _validation_figures(plt, records, out)
-
-    # 5. circuit size per layer
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    counts = meta["counts_per_layer"]
-    for e, emotion in enumerate(EMOTIONS):
-        left.plot(
-            range(n_layers), counts[emotion]["neurons"], color=COLOURS[e], marker="o", markersize=3, label=emotion
-        )
-        right.plot(range(n_layers), counts[emotion]["heads"], color=COLOURS[e], marker="o", markersize=3)
-    left.set_title(f"Neurons per layer (budget {meta['budget']['neurons']:,} of {n_layers * contrib_mean.shape[2]:,})")
-    right.set_title(f"Heads per layer (budget {meta['budget']['heads']} of {n_layers * head_importance.shape[2]})")
-    for ax in (left, right):
-        ax.set_xlabel("layer")
-    left.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "circuit_size.png", dpi=80, metadata=PNG_METADATA)
-    plt.close(fig)
-
-    # 6. Jaccard overlap
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    for ax, kind in zip(axes, ("heads", "neurons")):
-        matrix = torch.tensor(meta["jaccard"][kind]["matrix"])
-        image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
-        for i in range(len(EMOTIONS)):
-            for j in range(len(EMOTIONS)):
-                ax.text(j, i, f"{float(matrix[i, j]):.2f}", ha="center", va="center", fontsize=7, color="white")
-        ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, fontsize=8)
-        ax.set_yticks(range(len(EMOTIONS)), EMOTIONS, fontsize=8)
-        ax.set_title(f"{kind}: mean pairwise Jaccard {meta['jaccard'][kind]['mean']:.3f}")
-    fig.colorbar(image, ax=axes, shrink=0.8)
-    fig.savefig(out / "jaccard.png", dpi=80, metadata=PNG_METADATA)
-    plt.close(fig)
-
+    write_circuit_figures(meta, contrib_mean, head_importance, importance, records, out)
     write_text_atomic(out / "report.md", _markdown(meta, contrib_mean, head_importance, importance, records))
 
 
-def _validation_figures(plt, records, out: Path) -> None:
-    for mode, name in (("ablate", "validation_ablation.png"), ("enhance", "validation_enhancement.png")):
-        fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
-        for col, kind in enumerate(("neurons", "heads")):
-            for row, score in enumerate(("delta_local", "delta_final")):
-                ax = axes[row][col]
-                if mode == "ablate":
-                    for e, emotion in enumerate(EMOTIONS):
-                        for selection, style in (("top", "-"), ("random", "--")):
-                            points = sorted(
-                                (r["k"], r[score])
-                                for r in records
-                                if r["emotion"] == emotion
-                                and r["kind"] == kind
-                                and r["mode"] == mode
-                                and r["selection"] == selection
-                            )
-                            if points:
-                                ax.plot(
-                                    *zip(*points),
-                                    style,
-                                    color=COLOURS[e],
-                                    marker="o",
-                                    markersize=3,
-                                    label=f"{emotion} {selection}" if row == 0 and col == 0 else None,
-                                )
-                else:
-                    scales = sorted({r["scale"] for r in records if r["mode"] == mode})
-                    for s_index, scale in enumerate(scales):
-                        for selection, style in (("top", "-"), ("random", "--")):
-                            ks = sorted({r["k"] for r in records if r["kind"] == kind})
-                            points = []
-                            for k in ks:
-                                mean = _mean_over_emotions(
-                                    records, kind=kind, mode=mode, selection=selection, k=k, scale=scale
-                                )
-                                if mean is not None:
-                                    points.append((k, mean["local" if score == "delta_local" else "final"]))
-                            if points:
-                                ax.plot(
-                                    *zip(*points),
-                                    style,
-                                    color=COLOURS[s_index % len(COLOURS)],
-                                    marker="o",
-                                    markersize=3,
-                                    label=f"scale {scale:g} {selection}" if row == 0 and col == 0 else None,
-                                )
-                ax.axhline(0, color="grey", linewidth=0.8)
-                ax.set_xscale("log", base=2)
-                ax.set_xlabel("k (components changed)")
-                where = "same layer" if score == "delta_local" else "final state, <h_final, v_ref>"
-                ax.set_ylabel(f"score change ({where})")
-                ax.set_title(f"{kind}: {'ablation' if mode == 'ablate' else 'enhancement (mean over emotions)'}")
-        axes[0][0].legend(fontsize=6, ncol=2)
-        fig.suptitle("Top-k (solid) vs k random (dashed) components")
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=80, metadata=PNG_METADATA)
-        plt.close(fig)
-
-
-def _fmt(value, digits=3) -> str:
-    return "–" if value is None else f"{value:.{digits}g}"
-
-
 def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
-    config, model, arch = meta["config"], meta["model"], meta["architecture"]
-    timings = meta["timings"]
     lines = [
+        *_inputs_lines(meta),
+        *_timing_lines(meta),
+        *_head_lines(meta, head_importance),
+        *_long_tail_lines(meta, contrib_mean, head_importance),
+        *_validation_lines(meta, records),
+        *_sublayer_lines(importance),
+        *_global_lines(meta),
+    ]
+    return "\n".join(lines)
+
+
+def _inputs_lines(meta) -> list[str]:
+    config, model, arch = meta["config"], meta["model"], meta["architecture"]
+    return [
         f"# Emotion circuits: {model['id']}",
         "",
         f"- model: `{model['id']}` ({model['architecture']}, {arch['num_layers']} layers, {arch['num_heads']} heads x "
@@ -266,17 +63,18 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         _budget_line(meta, config, arch),
         f"- v_ref layers: {meta['reference_layers']}; alphas {config['alphas']}",
         "",
-        "## Wall time per stage",
-        "",
-        "| stage | seconds | |",
-        "| --- | --- | --- |",
     ]
-    for name, info in timings.items():
+
+
+def _timing_lines(meta) -> list[str]:
+    lines = ["## Wall time per stage", "", "| stage | seconds | |", "| --- | --- | --- |"]
+    for name, info in meta["timings"].items():
         lines.append(f"| {name} | {info['seconds']} | {'reused from cache' if info.get('reused') else ''} |")
-    lines += [
-        "",
-        "(`report` is recorded in metadata.json; it is written after this table.)",
-        "",
+    return [*lines, "", "(`report` is recorded in metadata.json; it is written after this table.)", ""]
+
+
+def _head_lines(meta, head_importance) -> list[str]:
+    lines = [
         "## Head importance (step 4b)",
         "",
         _space_line(meta),
@@ -293,8 +91,11 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         lines.append(
             f"| {emotion} | " + ", ".join(f"({i // n_heads}, {i % n_heads}, {float(flat[i]):.3g})" for i in top) + " |"
         )
-    tails = long_tail_figures(contrib_mean, head_importance)
-    lines += [
+    return lines
+
+
+def _long_tail_lines(meta, contrib_mean, head_importance) -> list[str]:
+    lines = [
         "",
         "## Long tail",
         "",
@@ -304,29 +105,33 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         "top / 20th | top / median abs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for emotion, t in tails.items():
+    for emotion, t in long_tail_figures(contrib_mean, head_importance).items():
         lines.append(
             f"| {emotion} | {t['top_head']:.3g} | {t['median_head']:.2g} | {100 * t['heads_over_0.1']:.1f}% | "
             f"{100 * t['heads_over_10pct_of_top']:.1f}% | {t['top_neuron']:.3g} | {t['neuron_rank20']:.3g} | "
             f"{t['top_over_rank20']:.1f} | {t['top_over_median_abs']:.0f} |"
         )
+    return [*lines, "", _paper_tail_line(meta)]
+
+
+def _paper_tail_line(meta) -> str:
     if head_space(meta) == "mlp_input":
-        paper = (
+        return (
             "The paper (Llama-3.2-3B, head importance in the same space, the MLP's input): top-1 head importance "
             "1.1-2.4 against a median of about 0.001, 5-11% of heads above 0.1; top neurons dominate "
             "lower-ranked ones more than 30x."
         )
-    else:
-        paper = (
-            "The paper's head figures (Llama-3.2-3B: top-1 head importance 1.1-2.4, median about 0.001, 5-11% of "
-            "heads above 0.1) are read on the MLP's input, post_attention_layernorm(h_mid); these heads were read "
-            "on the raw residual (`head_space: residual`), whose scale is the residual's, so the head columns "
-            "above are not comparable with them (rediscover with `head_space: mlp_input` to compare). Neurons: "
-            "top neurons dominate lower-ranked ones more than 30x in the paper."
-        )
-    lines += [
-        "",
-        paper,
+    return (
+        "The paper's head figures (Llama-3.2-3B: top-1 head importance 1.1-2.4, median about 0.001, 5-11% of "
+        "heads above 0.1) are read on the MLP's input, post_attention_layernorm(h_mid); these heads were read "
+        "on the raw residual (`head_space: residual`), whose scale is the residual's, so the head columns "
+        "above are not comparable with them (rediscover with `head_space: mlp_input` to compare). Neurons: "
+        "top neurons dominate lower-ranked ones more than 30x in the paper."
+    )
+
+
+def _validation_lines(meta, records) -> list[str]:
+    lines = [
         "",
         "## Causal validation (ablation and enhancement)",
         "",
@@ -355,7 +160,11 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         lines.append(f"| {row['kind']} | {row['k']} | " + " | ".join(cells) + " |")
     if summary and summary[0]["scale"] is not None:
         lines += ["", f"Enhancement columns at scale {summary[0]['scale']:g} (all scales in the figure and the CSV)."]
-    lines += [
+    return lines
+
+
+def _sublayer_lines(importance) -> list[str]:
+    lines = [
         "",
         "## Sublayer importance (step 6a)",
         "",
@@ -372,7 +181,11 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
             f"| {emotion} | L{int(attn.argmax())} ({float(attn.max()):.3f}) | L{int(mlp.argmax())} "
             f"({float(mlp.max()):.3f}) | {last_third:.2f} |"
         )
-    lines += [
+    return lines
+
+
+def _global_lines(meta) -> list[str]:
+    lines = [
         "",
         "## Global circuits (step 6b)",
         "",
@@ -394,7 +207,11 @@ def _markdown(meta, contrib_mean, head_importance, importance, records) -> str:
         counts = meta["counts_per_layer"][emotion]
         lines.append(f"| {emotion} | {' '.join(map(str, counts['heads']))} | {' '.join(map(str, counts['neurons']))} |")
     lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _fmt(value, digits=3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
 
 
 def _budget_line(meta, config, arch) -> str:
@@ -406,8 +223,6 @@ def _budget_line(meta, config, arch) -> str:
             f"sublayers, neuron share {config['neuron_share']}"
         )
     else:
-        from .circuit import paper_share_budget
-
         paper = budget["paper_shares"]
         how = (
             f"rule `paper_shares`: the shares the paper's budget selects on {paper['model']}, heads "
@@ -453,3 +268,8 @@ def _shares_lines(meta) -> list[str]:
         f"- selected per emotion: heads {_percent(shares['heads'])}, MLP neurons {_percent(shares['neurons'])} "
         f"(paper, {paper['model']}: heads {_percent(paper['heads'])}, neurons {_percent(paper['neurons'])})",
     ]
+
+
+def _percent(share: dict) -> str:
+    return f"{share['selected']:,} / {share['total']:,} ({share['percent']:.3g}%)"
+

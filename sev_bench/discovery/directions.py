@@ -17,28 +17,38 @@ dataset, groups, config; written last, so its presence marks a complete artifact
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import __version__, prompts
 from ..atomic import write_json_atomic
+from ..backends.hf import GenerationConfig, HFGenerator, render_prompt
+from ..data import dataset_fingerprint, load_sev, select_rows
 from ..defaults import DEFAULT_SCORER
 from ..errors import UserError
-from ..hashing import file_sha256, slug
-from ..paths import cache_dir
+from ..hashing import file_sha256
+from ..interventions import Capture, HookSession
 from ..prompts import EMOTIONS, VALENCES
+from .artifacts import (
+    ACCEPT_MODES,
+    MIN_GROUPS,
+    cached_artifact_dir,
+    check_model,  # noqa: F401  (re-exported: methods/steering.py imports it from here)
+    complete_groups,
+    key_digest,
+    model_signature,
+    progress_bar,
+    read_artifact,
+    seal,
+    write_tensors,
+)
+from .context import command_context
+from .directions_report import write_directions_report
 
 ARTIFACT_FORMAT = "sev-bench-directions/1"
 POSITIONS = ("attn", "mlp")
-# Below this many complete groups a centroid is an average of too few contrasts to mean much (the paper
-# had about 450); discovery stops instead of saving directions that are mostly noise.
-MIN_GROUPS = 8
-ACCEPT_MODES = ("all", "scorer")
 
 
 @dataclass(frozen=True)
@@ -87,73 +97,6 @@ class Directions:
         return self.tensors[position][EMOTIONS.index(emotion), layer]
 
 
-def model_signature(loaded) -> dict:
-    config = loaded.model.config
-    return {
-        "id": loaded.model_id,
-        "revision": loaded.revision,
-        "architecture": config.model_type,
-        "num_layers": loaded.num_layers,
-        "hidden_size": config.hidden_size,
-    }
-
-
-def check_model(metadata: dict, loaded, where: Path, what: str = "directions") -> None:
-    """Refuse an artifact made for another model (same weights under another name are accepted)."""
-    made_for, given = metadata["model"], model_signature(loaded)
-    keys = ("revision", "architecture", "num_layers", "hidden_size")
-    if any(made_for[key] != given[key] for key in keys):
-        raise UserError(
-            f"the {what} in {where} were made for model {made_for['id']} ({made_for['revision']}), "
-            f"not {given['id']} ({given['revision']}); discover them for this model"
-        )
-
-
-def read_artifact(path: str | Path, artifact_format: str, tensors_file: str, command: str) -> tuple[dict, dict]:
-    """(tensors, metadata) of a discovery artifact dir, checked: metadata.json present and readable, the
-    expected format, and the tensors file matching the sha256 the metadata recorded. Any failure is a
-    one-line UserError naming `command` (the discovery that makes such an artifact)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta_path = path / "metadata.json"
-    if not meta_path.is_file():
-        raise UserError(f"{path} is not an artifact of `{command}` (no metadata.json); run `{command}`")
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{meta_path} is unreadable ({exc})") from None
-    if metadata.get("format") != artifact_format:
-        raise UserError(f"{path}: unknown artifact format {metadata.get('format')!r}; expected {artifact_format}")
-    tensor_path = path / tensors_file
-    digest = file_sha256(tensor_path) if tensor_path.is_file() else None
-    if digest != metadata.get("tensors_sha256"):
-        raise UserError(f"{tensor_path} is missing or does not match its metadata; rerun the discovery")
-    if metadata.get("sha256") != artifact_sha256(metadata):
-        raise UserError(
-            f"{meta_path} does not match the artifact's sha256 (edited, or made by an older sev-bench); "
-            "rerun the discovery"
-        )
-    return load_file(str(tensor_path)), metadata
-
-
-UNSEALED = ("sha256", "timings")  # the seal itself, and wall times (a rerun of the same discovery differs there)
-
-
-def artifact_sha256(metadata: dict) -> str:
-    """An artifact's identity: one sha256 over its metadata (which holds its tensors file's sha256) but
-    the UNSEALED fields, so neither the tensors nor what the metadata says of them (the model they were
-    made for, their inputs) can change without it."""
-    body = {key: value for key, value in metadata.items() if key not in UNSEALED}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
-
-
-def seal(metadata: dict) -> dict:
-    """`metadata` with its `sha256` (see `artifact_sha256`): call it last, right before writing it."""
-    metadata["sha256"] = artifact_sha256(metadata)
-    return metadata
-
-
 def load_directions(path: str | Path) -> Directions:
     tensors, metadata = read_artifact(
         path, ARTIFACT_FORMAT, "directions.safetensors", "sev-bench discover directions"
@@ -175,9 +118,8 @@ def artifact_key(loaded, dataset_sha256: str, scorer_sha256: str | None, config:
 
 
 def default_artifact_dir(key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    name = slug(Path(key["model"]["id"]).name, limit=40)
-    return cache_dir() / "directions" / f"{name}_{digest}"
+    """The cache folder of the directions made from `key`."""
+    return cached_artifact_dir("directions", key["model"]["id"], key_digest(key))
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -202,20 +144,9 @@ def discover_directions(
         raise ValueError("accept='scorer' needs a scorer")
     key = artifact_key(loaded, dataset_sha256, scorer.sha256 if scorer is not None else None, config, dtype)
     out = Path(output_dir) if output_dir else default_artifact_dir(key)
-    existing = None
-    if (out / "metadata.json").is_file():
-        try:
-            existing = load_directions(out)
-        except UserError as exc:
-            if output_dir:
-                raise
-            log(f"{exc}; discovering them again")  # a damaged or outdated artifact in the cache
+    existing = _reusable_directions(out, key, explicit=bool(output_dir), log=log)
     if existing is not None:
-        if existing.metadata.get("key") == key:
-            log(f"reusing the emotion directions in {out} (same model, data, scorer and settings)")
-            return existing, True
-        if output_dir:
-            raise UserError(f"{out} holds directions made from other inputs; choose another --output-dir")
+        return existing, True
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -227,8 +158,62 @@ def discover_directions(
         accepted = {row["id"]: True for row in rows}
     timings["elicitation_s"] = time.perf_counter() - started
 
-    groups = _complete_groups(rows, accepted)
-    per_valence = {v: sum(1 for g in groups if g[0][1] == v) for v in VALENCES}
+    groups = _enough_groups(rows, accepted, config, log)
+    started = time.perf_counter()
+    ordered_rows = [row for _, members in groups for row in members]  # group-major, emotions in EMOTIONS order
+    states = read_last_token_states(loaded, ordered_rows, config.system_template, batch_size, progress)
+    timings["activations_s"] = time.perf_counter() - started
+
+    tensors = direction_tensors(states, groups)
+    tensor_path = out / "directions.safetensors"
+    write_tensors(tensor_path, tensors, metadata={"format": ARTIFACT_FORMAT})
+    metadata = {
+        "format": ARTIFACT_FORMAT,
+        "key": key,
+        "model": key["model"],
+        "dataset_sha256": dataset_sha256,
+        "scorer": scorer.info() if scorer is not None else None,
+        "config": asdict(config),
+        **_row_counts(rows, accepted, groups),
+        "tensors_sha256": file_sha256(tensor_path),
+        "sev_bench_version": __version__,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    directions = Directions(out, tensors, metadata)
+    write_directions_report(directions, states, out)
+    write_json_atomic(out / "metadata.json", seal(metadata))  # last: marks the artifact complete
+    return directions, False
+
+
+def _reusable_directions(out: Path, key: dict, explicit: bool, log) -> Directions | None:
+    """The directions in `out` when they were made from `key`, else None. In an `explicit` output dir a
+    damaged artifact or one made from other inputs is refused (the cache's own is rediscovered)."""
+    existing = None
+    if (out / "metadata.json").is_file():
+        try:
+            existing = load_directions(out)
+        except UserError as exc:
+            if explicit:
+                raise
+            log(f"{exc}; discovering them again")  # a damaged or outdated artifact in the cache
+    if existing is None:
+        return None
+    if existing.metadata.get("key") == key:
+        log(f"reusing the emotion directions in {out} (same model, data, scorer and settings)")
+        return existing
+    if explicit:
+        raise UserError(f"{out} holds directions made from other inputs; choose another --output-dir")
+    return None
+
+
+def _groups_by_valence(groups) -> dict[str, int]:
+    return {v: sum(1 for g in groups if g[0][1] == v) for v in VALENCES}
+
+
+def _enough_groups(rows, accepted, config: DirectionConfig, log) -> list:
+    """The complete groups (logged), or a UserError when there are fewer than MIN_GROUPS."""
+    groups = complete_groups(rows, accepted)
+    per_valence = _groups_by_valence(groups)
     if len(groups) < MIN_GROUPS:
         raise UserError(
             f"only {len(groups)} (skeleton, valence) groups have all six emotions accepted "
@@ -239,12 +224,12 @@ def discover_directions(
         f"{len(groups)} complete groups ({', '.join(f'{v} {n}' for v, n in per_valence.items())}); "
         f"reading last-token states of {6 * len(groups)} prompts"
     )
+    return groups
 
-    started = time.perf_counter()
-    ordered_rows = [row for _, members in groups for row in members]  # group-major, emotions in EMOTIONS order
-    states = read_last_token_states(loaded, ordered_rows, config.system_template, batch_size, progress)
-    timings["activations_s"] = time.perf_counter() - started
 
+def direction_tensors(states: dict, groups: list) -> dict:
+    """The artifact's tensors from the group-major states: per position the directions of all groups and,
+    as `<position>.<valence>`, of each valence's groups alone."""
     import torch
 
     tensors = {}
@@ -255,21 +240,12 @@ def discover_directions(
             mask = torch.tensor([g[0][1] == valence for g in groups])
             if int(mask.sum()) > 0:
                 tensors[f"{position}.{valence}"] = emotion_directions(grouped[mask])
-    tensors = {name: t.contiguous() for name, t in tensors.items()}
+    return {name: t.contiguous() for name, t in tensors.items()}
 
-    from safetensors.torch import save_file
 
-    tensor_path = out / "directions.safetensors"
-    staging = out / "directions.safetensors.partial"
-    save_file(tensors, str(staging), metadata={"format": ARTIFACT_FORMAT})
-    staging.replace(tensor_path)
-    metadata = {
-        "format": ARTIFACT_FORMAT,
-        "key": key,
-        "model": key["model"],
-        "dataset_sha256": dataset_sha256,
-        "scorer": scorer.info() if scorer is not None else None,
-        "config": asdict(config),
+def _row_counts(rows, accepted, groups) -> dict:
+    """The metadata fields that count rows and groups (and name the two positions)."""
+    return {
         "emotions": list(EMOTIONS),
         "positions": {"attn": "h_in + attn_out (after the attention sublayer)", "mlp": "decoder layer output"},
         "train_rows": len(rows),
@@ -279,25 +255,14 @@ def discover_directions(
         },
         "groups": len(groups),
         "groups_per_emotion": {e: len(groups) for e in EMOTIONS},  # complete groups: each has all six
-        "groups_by_valence": per_valence,
+        "groups_by_valence": _groups_by_valence(groups),
         "min_groups": MIN_GROUPS,
-        "tensors_sha256": file_sha256(tensor_path),
-        "sev_bench_version": __version__,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    directions = Directions(out, tensors, metadata)
-    from .report import write_directions_report
-
-    write_directions_report(directions, states, out)
-    write_json_atomic(out / "metadata.json", seal(metadata))  # last: marks the artifact complete
-    return directions, False
 
 
 def _elicit_and_accept(loaded, rows, config, scorer, out: Path, batch_size: int, progress: bool) -> dict[str, bool]:
     """Prompt-elicited replies, scored; appended to `elicitation.jsonl` per batch so a killed discovery
     resumes. Returns row id -> accepted."""
-    from ..backends.hf import GenerationConfig, HFGenerator
-
     path = out / "elicitation.jsonl"
     done: dict[str, bool] = {}
     if path.is_file():
@@ -312,7 +277,7 @@ def _elicit_and_accept(loaded, rows, config, scorer, out: Path, batch_size: int,
     if todo:
         conversations = [_chat(row, config.system_template) for row in todo]
         generator = HFGenerator(loaded, batch_size, GenerationConfig(max_new_tokens=config.max_new_tokens))
-        bar = _bar(len(rows), len(done), "eliciting", progress)
+        bar = progress_bar(len(rows), "eliciting", "row", progress, initial=len(done))
 
         def save(indices, replies):
             batch = [todo[i] for i in indices]
@@ -333,19 +298,6 @@ def _elicit_and_accept(loaded, rows, config, scorer, out: Path, batch_size: int,
     return done
 
 
-def _complete_groups(rows, accepted) -> list[tuple[tuple[str, str], list[dict]]]:
-    """((skeleton, valence), its six rows in EMOTIONS order) for groups with all six accepted."""
-    members: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
-    for row in rows:
-        if accepted.get(row["id"]):
-            members[(row["skeleton_id"], row["valence"])][row["target_emotion"]] = row
-    return [
-        (group, [by_emotion[e] for e in EMOTIONS])
-        for group, by_emotion in members.items()
-        if len(by_emotion) == len(EMOTIONS)
-    ]
-
-
 def _chat(row: dict, system_template: str) -> list[dict]:
     return prompts.chat(system_template.format(emotion=row["target_emotion"]), row["scenario"], row["event"])
 
@@ -355,8 +307,6 @@ def read_last_token_states(loaded, rows, system_template: str, batch_size: int, 
     last prompt token, from batched forward passes (prompts sorted by length to limit padding)."""
     import torch
 
-    from ..backends.hf import HFGenerator, render_prompt
-    from ..interventions import Capture, HookSession
 
     tokenizer = loaded.tokenizer
     texts = [render_prompt(tokenizer, _chat(row, system_template)) for row in rows]
@@ -367,7 +317,7 @@ def read_last_token_states(loaded, rows, system_template: str, batch_size: int, 
     hidden = loaded.model.config.hidden_size
     result = {p: torch.empty(len(rows), loaded.num_layers, hidden) for p in POSITIONS}
     encoder = HFGenerator(loaded, batch_size)
-    bar = _bar(len(rows), 0, "reading states", progress)
+    bar = progress_bar(len(rows), "reading states", "row", progress)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         encoded = encoder.encode([texts[i] for i in indices])
@@ -383,19 +333,9 @@ def read_last_token_states(loaded, rows, system_template: str, batch_size: int, 
     return result
 
 
-def _bar(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="row", file=sys.stderr)
-
-
 def obtain_directions(context, accept: str, limit: int | None, output_dir=None) -> tuple[Directions, bool]:
     """The cached directions for this model and these inputs, discovered first when there are none.
     Returns (directions, reused)."""
-    from ..data import dataset_fingerprint, load_sev, select_rows
-
     config = DirectionConfig(accept=accept, limit=limit)
     fingerprint = dataset_fingerprint(context.data_dir)
     scorer = context.scorer if accept == "scorer" else None
@@ -441,25 +381,18 @@ def discover_for_model(
 ) -> tuple[Directions, bool]:
     """`sev-bench discover directions`: load the model (and the scorer for accept="scorer"), then
     reuse or compute the directions. Returns (directions, reused)."""
-    from ..methods.base import PrepareContext
-    from ..models import load_model
-
     if limit is not None and limit < 1:
         raise UserError("--limit must be >= 1")
-    if batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
-    if threads is not None:
-        if threads < 1:
-            raise UserError("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(threads)
-    scorer = None
-    if accept == "scorer":
-        from ..scoring import load_scorer
-
-        scorer = load_scorer(scorer_name, data_dir=data_dir, options=scorer_options)
-    loaded = load_model(model, dtype=dtype, device=device)
-    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    context = PrepareContext(loaded, scorer, data_dir, dtype, batch_size, progress, log=log)
+    context = command_context(
+        model,
+        accept=accept,
+        scorer_name=scorer_name,
+        scorer_options=scorer_options,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        progress=progress,
+    )
     return obtain_directions(context, accept, limit, output_dir=output_dir)

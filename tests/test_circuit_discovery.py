@@ -1,9 +1,9 @@
-"""Circuit discovery (stages, artifact) and the `circuit` method, on planted data and the tiny models."""
+"""Circuit discovery end to end on the tiny random models: the batched engine and each stage called
+directly, the discovery and its artifact (resume, refusals), and the `circuit` method."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
@@ -12,38 +12,25 @@ from sev_bench import prompts
 from sev_bench.backends.hf import render_prompt
 from sev_bench.cli import main
 from sev_bench.data import dataset_fingerprint, load_sev, select_rows
-from sev_bench.discovery.circuit import (
-    PAPER_SHARES,
-    CircuitConfig,
-    LastTokenBatch,
-    aligned_to,
-    allocate,
+from sev_bench.discovery.artifacts import seal
+from sev_bench.discovery.circuit import CIRCUIT_STAGES, circuit_job, discover_circuit
+from sev_bench.discovery.circuit_artifact import (
     analysis_key,
     check_circuit,
-    circuit_budget,
     circuit_key,
     default_circuit_dir,
-    difference_vectors,
-    difference_vectors_from_sums,
-    discover_circuit,
-    down_proj_betas,
-    head_importance,
-    head_importance_naive,
-    integrate,
-    jaccard_matrix,
-    layer_caps,
     load_circuit,
-    neuron_contributions,
-    normalise_importance,
-    paper_share_budget,
-    reference_direction,
-    reference_layers,
-    selection_shares,
-    split_budget,
-    sublayer_importance,
-    top_mask,
 )
-from sev_bench.discovery.directions import DirectionConfig, discover_directions, seal
+from sev_bench.discovery.circuit_config import CircuitConfig
+from sev_bench.discovery.circuit_math import down_proj_betas, neuron_contributions
+from sev_bench.discovery.directions import DirectionConfig, discover_directions
+from sev_bench.discovery.last_token import LastTokenBatch
+from sev_bench.discovery.stages import activations as activations_stage
+from sev_bench.discovery.stages import heads as heads_stage
+from sev_bench.discovery.stages import sublayers as sublayers_stage
+from sev_bench.discovery.stages import validation as validation_stage
+from sev_bench.discovery.stages.heads import head_importance, head_importance_naive
+from sev_bench.discovery.stages.integration import PAPER_SHARES
 from sev_bench.errors import UserError
 from sev_bench.interventions import Capture, HookSession, InterventionSpec, handle_count
 from sev_bench.methods import resolve_method
@@ -52,147 +39,7 @@ from sev_bench.prompts import EMOTIONS, VALENCES
 from sev_bench.runner import RunRequest, run
 
 TINY = ["tiny-random-qwen2", "tiny-random-llama"]
-# The protocol's worked example (step 6b): anger's heads per layer on Llama-3.2-3B.
-PROTOCOL_ANGER_HEADS = [2] * 10 + [3, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 11, 12, 12, 11, 11, 10, 9]
 SMALL = dict(validation_k=(1, 2), validation_scales=(1.0,))  # a quick validation grid for the tests
-
-
-# ----------------------------------------------------------------------------- pure math on planted data
-
-
-def test_difference_vectors_recover_a_planted_contrast():
-    generator = torch.Generator().manual_seed(0)
-    groups, layers, width = 30, 3, 12
-    emotion_part = torch.randn(6, layers, width, generator=generator)
-    states = 40 * torch.randn(groups, 1, layers, width, generator=generator) + emotion_part[None]
-    expected = emotion_part - emotion_part.mean(0, keepdim=True)  # not normalised
-    torch.testing.assert_close(difference_vectors(states), expected, rtol=1e-4, atol=1e-4)
-    # The streaming form (per-emotion sums over the rows of complete groups) gives the same.
-    sums, counts = states.sum(0), torch.full((6,), float(groups))
-    torch.testing.assert_close(difference_vectors_from_sums(sums, counts), difference_vectors(states))
-    with pytest.raises(ValueError, match="same non-zero number"):
-        difference_vectors_from_sums(sums, torch.tensor([30.0, 30, 30, 30, 30, 29]))
-
-
-def test_reference_direction_aligns_signs_and_renormalises():
-    base = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(1)), dim=0)
-    noise = 0.05 * torch.randn(6, 16, generator=torch.Generator().manual_seed(2))
-    vectors = torch.nn.functional.normalize(base + noise, dim=-1) * torch.tensor([1.0, -1, 1, -1, -1, 1])[:, None]
-    reference = reference_direction(vectors)
-    assert float(reference.norm()) == pytest.approx(1.0, abs=1e-6)
-    assert float(reference @ base) > 0.99
-    flipped = aligned_to(vectors, reference)
-    assert bool(((flipped @ reference) > 0).all())
-    assert reference_layers(28) == [21, 22, 23, 24, 25]  # the protocol's layers on its 28-layer model
-    assert reference_layers(30) == [22, 23, 24, 25, 26] and reference_layers(4) == [3]
-
-
-def test_sublayer_importance_formula():
-    """delta = alpha * sigma * I_true (a linear response): the formula must give I_true back, for any alpha."""
-    generator = torch.Generator().manual_seed(3)
-    true = torch.rand(6, 5, 2, generator=generator)
-    sigma = 0.1 + torch.rand(5, 2, generator=generator)
-    alphas = (0.1, 0.3, 0.5, 0.7)
-    counts = torch.tensor([4.0, 3, 5, 4, 2, 6])
-    delta_sums = torch.stack([a * sigma[None] * true for a in alphas], dim=1) * counts[:, None, None, None]
-    raw = sublayer_importance(delta_sums, counts, alphas, sigma)
-    torch.testing.assert_close(raw, true)
-    normalised = normalise_importance(raw)
-    torch.testing.assert_close(normalised.sum(dim=(1, 2)), torch.ones(6))
-
-
-def test_allocation_respects_budget_quotas_and_caps_exactly():
-    rng = random.Random(0)
-    for _ in range(300):
-        layers = rng.randint(1, 40)
-        available = rng.choice([rng.randint(1, 32), [rng.randint(1, 32) for _ in range(layers)]])
-        total = rng.randint(1, 600)
-        minimum, cap_fraction = rng.randint(0, 6), rng.choice([0.2, 0.4, 0.7, 1.0])
-        importance = [rng.choice([0.0, -rng.random(), rng.random(), 10 * rng.random()]) for _ in range(layers)]
-        caps = layer_caps(layers, total, cap_fraction, available)
-        if sum(min(minimum, c) for c in caps) > min(total, sum(caps)):
-            with pytest.raises(UserError, match="minimum quotas"):
-                allocate(importance, total, minimum, cap_fraction, available)
-            continue
-        counts = allocate(importance, total, minimum, cap_fraction, available)
-        assert sum(counts) == min(total, sum(caps))  # the budget exactly (or every slot the caps allow)
-        assert all(min(minimum, cap) <= n <= cap for n, cap in zip(counts, caps))
-        assert caps == [
-            min(int(cap_fraction * total + 1e-9), a)
-            for a in (available if isinstance(available, list) else [available] * layers)
-        ]
-
-
-def test_allocation_reproduces_the_protocols_worked_example():
-    """Llama-3.2-3B: 28 layers, 24 heads, d_ff 8192, budget 10 x 56 = 560 -> 392 neurons + 168 heads;
-    minimum 2 heads / 4 neurons per layer; caps 0.4 x K_kind = 67 heads / 156 neurons."""
-    assert split_budget(28, 10, 0.7) == (392, 168)
-    assert layer_caps(28, 168, 0.4, 24) == [24] * 28 and layer_caps(28, 392, 0.4, 8192) == [156] * 28
-    # Importances proportional to the heads above the quota lead to exactly the listed counts.
-    importance = [count - 2 for count in PROTOCOL_ANGER_HEADS]
-    assert allocate(importance, 168, 2, 0.4, 24) == PROTOCOL_ANGER_HEADS
-    # Scaling the importances changes nothing (the allocation is proportional).
-    assert allocate([3.7 * x for x in importance], 168, 2, 0.4, 24) == PROTOCOL_ANGER_HEADS
-    # A peaked neuron importance hits the 156 cap and the excess is backfilled.
-    peaked = [0.0] * 20 + [100.0, 1, 1, 1, 1, 1, 1, 1]
-    neurons = allocate(peaked, 392, 4, 0.4, 8192)
-    assert sum(neurons) == 392 and max(neurons) == 156 and min(neurons) == 4 and neurons[20] == 156
-    # Few heads: caps bind at the heads a layer has.
-    heads = allocate([0.0] * 26 + [5.0] * 2, 168, 2, 0.4, 24)
-    assert sum(heads) == 168 and heads[26:] == [24, 24] and set(heads[:26]) == {4, 5}  # 64 backfilled evenly
-
-
-# (layers, heads per layer, MLP width) of the models the budget is checked on.
-SMOLLM2_135M, QWEN25_15B, LLAMA32_3B = (30, 9, 1536), (28, 12, 8960), (28, 24, 8192)
-
-
-def test_paper_share_budget_keeps_the_papers_sparsity_on_real_dimensions():
-    """The default budget keeps the shares the paper's 560 = 392 + 168 selects on Llama-3.2-3B-Instruct
-    (672 heads, 28 x 8192 = 229,376 MLP neurons): 25% of the heads, 0.171% of the neurons."""
-    assert PAPER_SHARES["heads"] == {"selected": 168, "total": 672, "percent": 25.0}
-    assert PAPER_SHARES["neurons"] == {"selected": 392, "total": 229_376, "percent": 0.1709}
-    # The paper's model: exactly its budget, the same as the per-sublayer rule there.
-    assert paper_share_budget(*LLAMA32_3B, min_neurons=4, min_heads=2) == (392, 168) == split_budget(28, 10, 0.7)
-    assert circuit_budget(CircuitConfig(), *LLAMA32_3B) == (392, 168)
-    # SmolLM2-135M: 25% of 270 heads = 67.5 -> 68 (half up); 7/4096 of 46,080 neurons = 78.75 -> 79, raised to
-    # the 4 x 30 = 120 the per-layer minimum takes. The per-sublayer rule took 180 heads (67%) and 420 neurons.
-    assert paper_share_budget(*SMOLLM2_135M) == (79, 68)
-    assert circuit_budget(CircuitConfig(), *SMOLLM2_135M) == (120, 68)
-    assert circuit_budget(CircuitConfig(budget_rule="per_sublayer"), *SMOLLM2_135M) == (420, 180)
-    # Qwen2.5-1.5B: 84 of 336 heads (25%), 428.75 -> 429 of 250,880 neurons (0.171%); the old rule: 168 heads.
-    assert circuit_budget(CircuitConfig(), *QWEN25_15B) == (429, 84)
-    assert circuit_budget(CircuitConfig(budget_rule="per_sublayer"), *QWEN25_15B) == (392, 168)
-    # Minimums bind on a small model: 2 of 4 heads per layer is already half the heads.
-    assert circuit_budget(CircuitConfig(), 4, 4, 128) == (16, 8)
-
-    # Integrated (step 6b) on SmolLM2's shapes, the masks select exactly those shares for every emotion.
-    generator = torch.Generator().manual_seed(4)
-    layers, heads, d_ff = SMOLLM2_135M
-    importance = torch.rand(6, layers, 2, generator=generator)
-    neurons, selected_heads, counts = integrate(
-        importance,
-        torch.randn(6, layers, d_ff, generator=generator),
-        torch.randn(6, layers, heads, generator=generator),
-        CircuitConfig(),
-        heads,
-        log=lambda message: None,
-    )
-    shares = selection_shares(neurons, selected_heads)
-    assert shares == {
-        "heads": {"selected": 68, "total": 270, "percent": 25.1852},
-        "neurons": {"selected": 120, "total": 46_080, "percent": 0.2604},
-    }
-    assert all(counts[e]["neurons"] == [4] * layers for e in EMOTIONS)  # the minimum is the whole budget
-    assert all(sum(counts[e]["heads"]) == 68 and min(counts[e]["heads"]) >= 2 for e in EMOTIONS)
-
-
-def test_top_mask_and_jaccard():
-    scores = torch.tensor([[0.1, 0.5, 0.3, 0.5], [1.0, -1.0, 0.0, 2.0]])
-    mask = top_mask(scores, [2, 1])
-    assert mask.tolist() == [[False, True, False, True], [False, False, False, True]]
-    masks = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
-    matrix = jaccard_matrix(masks)
-    assert matrix[0, 1] == pytest.approx(1 / 3) and matrix[0, 2] == 1 and matrix[1, 1] == 1
 
 
 # ----------------------------------------------------------------------------- invariants on the tiny models
@@ -402,6 +249,96 @@ def qwen_directions(qwen, train_rows, sev_data_dir, tmp_path_factory):
         log=lambda m: None,
     )
     return directions
+
+
+# ----------------------------------------------------------------------------- each stage called directly
+
+
+@pytest.fixture(scope="module")
+def job(qwen, qwen_directions, train_rows):
+    """A small job on the tiny qwen: the first 48 train rows (8 complete groups), the 144-row directions."""
+    config = CircuitConfig(limit=48, validation_k=(1, 2), validation_scales=(0.0, 1.0))
+    return circuit_job(qwen, config, train_rows[:48], qwen_directions, batch_size=8, max_rows=32)
+
+
+@pytest.fixture(scope="module")
+def stage_tensors(job):
+    """Each stage's (tensors, info), computed directly in the table's order, each from the earlier ones."""
+    earlier, infos = {}, {}
+    for stage in CIRCUIT_STAGES:
+        earlier[stage.name], infos[stage.name] = stage.compute(job, earlier, None)
+    return earlier, infos
+
+
+def test_the_stage_table_runs_in_the_order_each_stage_needs():
+    assert [stage.name for stage in CIRCUIT_STAGES] == ["activations", "heads", "sublayers", "validation"]
+    assert [stage.unit for stage in CIRCUIT_STAGES] == ["prompt", "copy", "copy", "copy"]
+
+
+def test_circuit_job_builds_the_prompts_and_v_ref(job, qwen):
+    assert len(job.inputs.rows) == len(job.inputs.emotion_texts) == 48 and job.inputs.groups == 8
+    assert job.inputs.in_group.all() and job.inputs.emotions.bincount().tolist() == [8] * 6
+    assert len(job.inputs.neutral_texts) == 8 and all(len(e) == 6 for e in job.inputs.neutral_emotions)
+    assert job.v_ref.shape == (6, qwen.model.config.hidden_size) and job.reference_layers == [3]
+    torch.testing.assert_close(job.v_ref.norm(dim=-1), torch.ones(6))
+
+
+def test_activations_stage(job, qwen, stage_tensors):
+    tensors, info = stage_tensors[0]["activations"], stage_tensors[1]["activations"]
+    layers, d_ff, width = qwen.num_layers, qwen.model.config.intermediate_size, qwen.num_heads * qwen.head_dim
+    assert info == {"rows": 48, "groups": 8}
+    assert activations_stage.total(job, {}) == 48 and "48 emotion-instructed prompts" in activations_stage.describe(job)
+    for name in ("contrib_mean", "contrib_pos", "contrib_neg", "dmu_mlp"):
+        assert tensors[name].shape == (6, layers, d_ff), name
+    assert tensors["dmu_attn"].shape == (6, layers, width) and tensors["sigma"].shape == (layers, 2)
+    assert tensors["rows_per_emotion"].tolist() == tensors["groups_per_emotion"].tolist() == [8.0] * 6
+    torch.testing.assert_close(tensors["contrib_pos"] + tensors["contrib_neg"], tensors["contrib_mean"])
+    assert bool((tensors["contrib_pos"] >= 0).all()) and bool((tensors["contrib_neg"] <= 0).all())
+    # Difference vectors are centred over the emotions; sigma is an RMS.
+    torch.testing.assert_close(tensors["dmu_mlp"].sum(0), torch.zeros(layers, d_ff), atol=1e-4, rtol=0)
+    assert bool((tensors["sigma"] > 0).all())
+
+
+def test_heads_stage(job, qwen, stage_tensors):
+    tensors, info = stage_tensors[0]["heads"], stage_tensors[1]["heads"]
+    assert info == {"head_space": "mlp_input"}
+    assert heads_stage.total(job, {}) == 48 * qwen.num_layers * qwen.num_heads
+    assert tensors["head_importance"].shape == (6, qwen.num_layers, qwen.num_heads)
+    assert tensors["rows_per_emotion"].tolist() == [8.0] * 6
+    sums, counts = head_importance(
+        qwen, job.inputs.emotion_texts, job.inputs.emotions, job.directions["attn"], batch_size=8, max_rows=32
+    )
+    torch.testing.assert_close(tensors["head_importance"], sums / counts[:, None, None])
+
+
+def test_sublayers_stage(job, qwen, stage_tensors):
+    tensors, info = stage_tensors[0]["sublayers"], stage_tensors[1]["sublayers"]
+    layers, alphas = qwen.num_layers, len(job.config.alphas)
+    assert info == {"reference_layers": [3]}
+    assert sublayers_stage.total(job, stage_tensors[0]) == 48 * alphas * layers * 2
+    assert tensors["importance_raw"].shape == tensors["importance"].shape == (6, layers, 2)
+    assert tensors["delta_per_alpha"].shape == (6, alphas, layers, 2)
+    assert tensors["prompts_per_emotion"].tolist() == [8.0] * 6 and torch.equal(tensors["v_ref"], job.v_ref)
+    torch.testing.assert_close(tensors["importance"].sum(dim=(1, 2)), torch.ones(6))
+
+
+def test_validation_stage(job, stage_tensors):
+    """One record per (emotion, probe), over the emotion's 8 prompts; enhancing by scale 0 adds zeros, so
+    it changes no score at all, and the clean scores are the same whatever the probe (up to the float
+    noise of decode calls of other sizes)."""
+    tensors, records = stage_tensors[0]["validation"], stage_tensors[1]["validation"]["records"]
+    assert list(tensors) == ["done"]
+    # per emotion and kind: 2 k x (2 ablation + 2 scales x 2 enhancement) = 12 probes
+    assert len(records) == 6 * 2 * 12 == validation_stage.total(job, stage_tensors[0]) // 8
+    assert all(r["n"] == 8 for r in records)
+    zero = [r for r in records if r["mode"] == "enhance" and r["scale"] == 0.0]
+    assert len(zero) == 48 and all(r["delta_local"] == 0.0 and r["delta_final"] == 0.0 for r in zero)
+    for emotion in EMOTIONS:
+        for kind in ("neurons", "heads"):
+            same = [r for r in records if (r["emotion"], r["kind"]) == (emotion, kind)]
+            for name in ("clean_local", "clean_final"):
+                assert [r[name] for r in same] == pytest.approx([same[0][name]] * len(same), rel=1e-4, abs=1e-5)
+    assert any(r["delta_local"] != 0 for r in records if r["mode"] == "ablate" and r["selection"] == "top")
 
 
 def _discover(loaded, directions, rows, sev_data_dir, out, log=lambda message: None, report=False, **config):

@@ -8,17 +8,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..prompts import EMOTIONS, VALENCES
-
-PNG_METADATA = {"Software": None}  # no matplotlib version stamp: rebuilding gives the same bytes
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plotting import PNG_METADATA, pyplot
 
 
 def _cos(a, b):
@@ -62,7 +52,7 @@ def consistency(directions, position: str = "mlp") -> dict[str, list[float]] | N
 def write_directions_report(directions, states, out: Path) -> None:
     """Write report.md and its PNGs into `out`. `states` (the last-token states, for the PCA figure) may
     be None to rebuild the rest of a report from a saved artifact; an existing PCA figure is kept."""
-    plt = _pyplot()
+    plt = pyplot()
     meta = directions.metadata
     n_layers = directions.num_layers
 
