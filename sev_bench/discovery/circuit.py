@@ -1,4 +1,4 @@
-"""Emotion circuits (protocol section 2, steps 4-6b): neurons, heads, causal validation, difference vectors,
+"""Emotion circuits (docs/protocol.md, steps 4-6b): neurons, heads, causal validation, difference vectors,
 sublayer importance and the budgeted global circuit that the `circuit` method modulates (step 7).
 
 Stages (`sev-bench discover circuit`), each cached in `<output dir>/stages/` so a killed discovery resumes,

@@ -1,4 +1,4 @@
-"""Context-agnostic emotion directions (protocol section 2, steps 1-2), on the train split.
+"""Context-agnostic emotion directions (docs/protocol.md, steps 1-2), on the train split.
 
 1. Elicit: the prompting chat ("Always reply in {emotion}. ...") for every train row. With
    `accept="scorer"` the model generates a reply and a row counts only if the scorer names its target
