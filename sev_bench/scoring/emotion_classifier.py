@@ -54,6 +54,7 @@ from ..prompts import EMOTIONS
 from . import lexicon_statements
 from .base import SCORERS, Scorer
 from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
+from .training import load_trained
 
 NAME = "minilm-emotions"
 FORMAT = "sev_bench.minilm-emotions/1"
@@ -404,7 +405,8 @@ class MiniLMEmotions(Scorer):
 
     @classmethod
     def load(cls, data_dir=None, verbose: bool = True) -> MiniLMEmotions:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_dir(),
             lambda data_dir_, out: train(out, data_dir=data_dir_, progress=verbose),
             "fine-tuning it on GoEmotions and SEV (about 15 minutes on one CPU thread, once)",

@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import UserError
 from ..hashing import file_sha256
 from ..prompts import EMOTIONS
-from .base import SCORERS, Scorer, check_options
+from .base import SCORERS, Scorer
+from .options import check_options
 
 NAME = "hf-classifier"
 FORMAT = "sev_bench.hf-classifier/1"

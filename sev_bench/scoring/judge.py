@@ -51,7 +51,8 @@ from ..atomic import write_text_atomic
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, JUDGE_SYSTEM, JUDGE_USER_TEMPLATE, judge_messages
-from .base import SCORERS, Scorer, check_options
+from .base import SCORERS, Scorer
+from .options import check_options
 
 NAME = "judge"
 FORMAT = "sev_bench.judge/1"

@@ -34,6 +34,7 @@ from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
 from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
+from .training import load_trained
 
 NAME = "minilm-finetuned"
 FORMAT = "sev_bench.minilm-finetuned/1"
@@ -242,7 +243,8 @@ class MiniLMFinetuned(Scorer):
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMFinetuned:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_path(),
             lambda data, out: train_finetuned(data_dir=data, out_path=out, progress=verbose),
             "fine-tuning it (5-15 minutes on a CPU, once)",

@@ -26,6 +26,7 @@ from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
+from .training import load_trained
 
 NAME = "minilm-probe"
 FORMAT = "sev_bench.minilm-probe/1"
@@ -300,7 +301,8 @@ class MiniLMProbe(Scorer):
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMProbe:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_path(),
             lambda data, out: train_probe(data_dir=data, out_path=out),
             "training it (a minute or two on a CPU)",
