@@ -56,7 +56,7 @@ from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from . import lexicon_statements
 from .base import SCORERS, Scorer
-from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
+from .minilm import encoder_dir, encoder_record, encoder_stale_reason, softmax
 from .training import load_trained
 
 NAME = "minilm-emotions"
@@ -431,9 +431,7 @@ class MiniLMEmotions(Scorer):
         return cls(model_dir, model, tokenizer, metadata)
 
     def stale_reason(self) -> str | None:
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        return None if trained_with == installed else f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir=None, verbose: bool = True) -> MiniLMEmotions:

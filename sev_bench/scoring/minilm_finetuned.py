@@ -33,14 +33,7 @@ from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
-from .minilm_probe import (
-    ENCODER_PACKAGE,
-    encoder_dir,
-    encoder_record,
-    encoder_version,
-    reference_files_sha256,
-    softmax,
-)
+from .minilm import encoder_dir, encoder_record, encoder_stale_reason, reference_files_sha256, softmax
 from .training import load_trained
 
 NAME = "minilm-finetuned"
@@ -254,9 +247,7 @@ class MiniLMFinetuned(Scorer):
         return cls(path, hashlib.sha256(blob).hexdigest(), metadata, encoder, head)
 
     def stale_reason(self) -> str | None:
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        return None if trained_with == installed else f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMFinetuned:

