@@ -1,3 +1,5 @@
+"""`python -m sev_bench`: the `sev-bench` command line."""
+
 import sys
 
 from .cli import main

@@ -14,7 +14,8 @@ from sev_bench.errors import UserError
 from sev_bench.prompts import EMOTIONS, judge_messages
 from sev_bench.scoring import load_scorer
 from sev_bench.scoring.files import score_jsonl
-from sev_bench.scoring.judge import OTHER, chat_completions_url, parse_verdict, redact_url
+from sev_bench.scoring.judge import OTHER, chat_completions_url, redact_url
+from sev_bench.scoring.judge_verdict import parse_verdict
 
 SECRET = "sk-test-0123456789abcdef"
 

@@ -7,6 +7,7 @@ so `info()` can report them for exactly the weights that were measured.
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from ..errors import UserError
 from ..hashing import file_sha256
 from ..prompts import EMOTIONS
 from ..registry import Registry
+from .options import check_options
 
 NO_EMOTION = "none"  # what an empty reply expresses, for every scorer
 
@@ -146,40 +148,6 @@ class Scorer(ABC):
         write_text_atomic(path, json.dumps({self.sha256: figures}, indent=2, sort_keys=True) + "\n")
         return path
 
-    @classmethod
-    def load_trained(cls, path: Path, train, how: str, data_dir=None, verbose: bool = True, loader=None, present=None):
-        """The scorer saved at `path` (via `loader`, default `cls.from_file`, and `stale_reason()`), trained
-        first with `train(data_dir, path)` when missing (`present(path)` false; default: `path` exists) or
-        stale; a freshly trained scorer has its agreement with the paper's judge measured at once, so every
-        result made with it records the figure."""
-        import sys
-
-        loader = loader or cls.from_file
-        present = present or Path.exists
-        if present(path):
-            scorer = loader(path)
-            stale = scorer.stale_reason()
-            if stale is None:
-                return scorer
-            why = f"at {path} was trained with {stale}"
-        else:
-            why = "not trained yet"
-        if verbose:
-            print(f"scorer {cls.name} {why}; {how} on the train-split reference generations ...", file=sys.stderr)
-        train(data_dir, path)
-        scorer = loader(path)
-        from .evaluation import evaluate_scorer
-
-        if verbose:
-            print(
-                f"scorer {cls.name}: measuring agreement with the paper's judge on the test split"
-                + (" and the held-out sets (GoEmotions test, plain statements)" if "none" in cls.labels else "")
-                + " ...",
-                file=sys.stderr,
-            )
-        evaluate_scorer(scorer, data_dir=data_dir, store=True)
-        return scorer
-
     def check_failures(self) -> None:
         """Raise a one-line `UserError` when too many texts could not be scored (call it after
         scoring a run or file). Scorers that cannot fail on a text (all local ones) do nothing."""
@@ -205,44 +173,12 @@ class Scorer(ABC):
 SCORERS: Registry[Scorer] = Registry("scorer", "sev_bench.scorers", Scorer)
 
 
-# Scorer options (`load_scorer(..., options=...)`) and the CLI flag that sets each, for error messages.
-OPTION_FLAGS: dict[str, str] = {
-    "model": "--scorer-model",
-    "label_map": "--label-map",
-    "judge_url": "--judge-url",
-    "judge_model": "--judge-model",
-    "judge_api_key_env": "--judge-api-key-env",
-    "judge_concurrency": "--judge-concurrency",
-    "judge_max_failure_rate": "--judge-max-failure-rate",
-    "judge_timeout": "--judge-timeout",
-}
-
-
-def option_flag(key: str) -> str:
-    return OPTION_FLAGS.get(key, key)
-
-
-def check_options(scorer: str, options: dict | None, allowed: Sequence[str]) -> dict:
-    """`options` without None values; a key outside `allowed` is a one-line `UserError`."""
-    given = {key: value for key, value in (options or {}).items() if value is not None}
-    extra = [key for key in given if key not in allowed]
-    if extra:
-        accepted = ", ".join(option_flag(key) for key in allowed) or "none"
-        raise UserError(
-            f"{', '.join(option_flag(key) for key in extra)} does not apply to scorer {scorer} "
-            f"(its options: {accepted})"
-        )
-    return given
-
-
 def load_scorer(
     name: str, data_dir: str | Path | None = None, verbose: bool = True, options: dict | None = None
 ) -> Scorer:
     """The registered scorer `name`, ready to use; an unknown name is a `UserError` listing known ones.
-    `options` (see `OPTION_FLAGS`; None values are dropped) go to the scorer's `load(..., options=...)`;
+    `options` (see `options.OPTION_FLAGS`; None values are dropped) go to the scorer's `load(..., options=...)`;
     giving options to a scorer whose `load` takes none is a `UserError`."""
-    import inspect
-
     cls = SCORERS.get(name)
     given = {key: value for key, value in (options or {}).items() if value is not None}
     try:

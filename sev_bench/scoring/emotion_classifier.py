@@ -40,10 +40,13 @@ import hashlib
 import json
 import math
 import random
+import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import data, goemotions
 from ..atomic import write_bytes_atomic
@@ -53,7 +56,8 @@ from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from . import lexicon_statements
 from .base import SCORERS, Scorer
-from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
+from .minilm import encoder_dir, encoder_record, encoder_stale_reason, softmax
+from .training import load_trained
 
 NAME = "minilm-emotions"
 FORMAT = "sev_bench.minilm-emotions/1"
@@ -197,7 +201,7 @@ def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _logits(model, tokenizer, texts: list[str], max_tokens: int = MAX_TOKENS) -> np.ndarray:
-    import torch
+    import torch  # heavy: loaded only when the scorer is trained or used
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), len(LABELS)))
@@ -211,99 +215,78 @@ def _logits(model, tokenizer, texts: list[str], max_tokens: int = MAX_TOKENS) ->
     return out
 
 
-def train(
-    out_dir: str | Path | None = None,
-    data_dir=None,
-    seed: int = 0,
-    progress: bool = True,
-    epochs: int = EPOCHS,
-    cap: int | None = GOEMOTIONS_CAP,
-    max_rows: int | None = None,
-) -> Path:
-    """Fine-tune, calibrate and save the scorer (see module docstring) into `out_dir` (default: the cache's
-    `scorers/minilm-emotions/`), replacing it atomically file by file. `max_rows` (every k-th training
-    row, and as many calibration rows) exists for quick mechanics tests; the scorer is trained without it."""
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoTokenizer, BertForSequenceClassification
-    from transformers.utils import logging as hf_logging
+def _every_kth(texts: list, labels: list, max_rows: int) -> tuple[list, list]:
+    """At most `max_rows` rows spread evenly over the set (quick mechanics tests only)."""
+    keep = [int(i * len(texts) / max_rows) for i in range(min(max_rows, len(texts)))]
+    return [texts[i] for i in keep], [labels[i] for i in keep]
 
-    out = Path(out_dir) if out_dir is not None else default_dir()
-    texts, labels, described = training_rows(data_dir, seed, cap)
-    dev_go_texts, dev_go_labels = goemotions_rows("dev", None, seed)
-    dev_sev_texts, dev_sev_labels = sev_rows("dev", data_dir)
-    dev_texts, dev_labels = dev_go_texts + dev_sev_texts, dev_go_labels + dev_sev_labels
-    if max_rows is not None:
-        keep = [int(i * len(texts) / max_rows) for i in range(min(max_rows, len(texts)))]
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-        dev_keep = [int(i * len(dev_texts) / max_rows) for i in range(min(max_rows, len(dev_texts)))]
-        dev_texts, dev_labels = [dev_texts[i] for i in dev_keep], [dev_labels[i] for i in dev_keep]
-    encoder_path = encoder_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=TRAIN_MAX_TOKENS)["input_ids"]]
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
-    class_weights = (len(labels) / (len(LABELS) * np.maximum(counts, 1.0))) ** CLASS_WEIGHT_POWER
+
+@contextmanager
+def _training_threads():
+    """`TRAIN_THREADS` torch threads and transformers' notices silenced (the "classifier weights newly
+    initialised" one is expected) while training; both restored afterwards."""
+    import torch  # heavy: loaded only when the scorer is trained or used
+    from transformers.utils import logging as hf_logging
 
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "classifier weights newly initialised" notice is expected
+    hf_logging.set_verbosity_error()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = BertForSequenceClassification.from_pretrained(
-                str(encoder_path),
-                num_labels=len(LABELS),
-                id2label=dict(enumerate(LABELS)),
-                label2id={label: i for i, label in enumerate(LABELS)},
-            ).float()
-            for parameter in model.bert.embeddings.word_embeddings.parameters():
-                parameter.requires_grad = False  # 30k x 384 rows that a few epochs barely move: half the step time
-            optimizer = torch.optim.AdamW(
-                [p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
-            )
-            rng = random.Random(seed)
-            plan = [_length_bucketed_batches(lengths, BATCH_SIZE, rng) for _ in range(epochs)]
-            total = sum(len(batches) for batches in plan)
-            warmup = max(1, int(WARMUP_SHARE * total))
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / (total - warmup)))
-            )
-            loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32))
-            target = torch.tensor(labels)
-            model.train()
-            losses = []
-            bar = tqdm(total=total, desc=f"fine-tuning {NAME}", unit="step", disable=not progress)
-            for batches in plan:
-                for index in batches:
-                    batch = tokenizer(
-                        [texts[i] for i in index],
-                        padding=True,
-                        truncation=True,
-                        max_length=TRAIN_MAX_TOKENS,
-                        return_tensors="pt",
-                    )
-                    loss = loss_fn(model(**batch).logits, target[index])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    losses.append(loss.item())
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
-            bar.close()
-            model.eval()
-            dev_logits = _logits(model, tokenizer, dev_texts)
+        yield
     finally:
         torch.set_num_threads(threads)
         hf_logging.set_verbosity(verbosity)
 
-    dev_index = np.array([LABELS.index(label) for label in dev_labels])
-    temperature = _fit_temperature(dev_logits, dev_index)
-    with torch.no_grad():  # fold the temperature into the classifier: the plain softmax is the calibrated one
-        model.classifier.weight /= temperature
-        model.classifier.bias /= temperature
-    model.config.sev_bench = {
+
+def _fine_tune(model, tokenizer, texts, labels, lengths, class_weights, seed, epochs, progress) -> list[float]:
+    """Fine-tune `model` in place on (texts, labels), all layers but the token embeddings; the losses per
+    step. Call it under `torch.manual_seed(seed)`: dropout draws from torch's generator, in step order."""
+    import torch  # heavy: loaded only when the scorer is trained or used
+
+    for parameter in model.bert.embeddings.word_embeddings.parameters():
+        parameter.requires_grad = False  # 30k x 384 rows that a few epochs barely move: half the step time
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
+    )
+    rng = random.Random(seed)
+    plan = [_length_bucketed_batches(lengths, BATCH_SIZE, rng) for _ in range(epochs)]
+    total = sum(len(batches) for batches in plan)
+    warmup = max(1, int(WARMUP_SHARE * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / (total - warmup)))
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weights, dtype=torch.float32))
+    target = torch.tensor(labels)
+    model.train()
+    losses = []
+    bar = tqdm(total=total, desc=f"fine-tuning {NAME}", unit="step", disable=not progress)
+    for batches in plan:
+        for index in batches:
+            batch = tokenizer(
+                [texts[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=TRAIN_MAX_TOKENS,
+                return_tensors="pt",
+            )
+            loss = loss_fn(model(**batch).logits, target[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+    bar.close()
+    return losses
+
+
+def _training_record(described, epochs, class_weights, seed, max_rows, losses, temperature, n_dev) -> dict:
+    """The `sev_bench` entry of the saved config: how the model was trained and calibrated."""
+    import torch  # heavy: loaded only when the scorer is trained or used
+
+    return {
         "format": FORMAT,
         "scorer": NAME,
         "labels": list(LABELS),
@@ -327,10 +310,62 @@ def train(
         "calibration": {
             "temperature": temperature,
             "fitted_on": "GoEmotions dev (unambiguous comments) + SEV dev skeletons' accepted replies and none texts",
-            "n": len(dev_texts),
+            "n": n_dev,
             "folded_into": "classifier.weight and classifier.bias",
         },
     }
+
+
+def train(
+    out_dir: str | Path | None = None,
+    data_dir=None,
+    seed: int = 0,
+    progress: bool = True,
+    epochs: int = EPOCHS,
+    cap: int | None = GOEMOTIONS_CAP,
+    max_rows: int | None = None,
+) -> Path:
+    """Fine-tune, calibrate and save the scorer (see module docstring) into `out_dir` (default: the cache's
+    `scorers/minilm-emotions/`), replacing it atomically file by file. `max_rows` (every k-th training
+    row, and as many calibration rows) exists for quick mechanics tests; the scorer is trained without it.
+    Bit for bit reproducible: the seeded steps keep one order (see `_fine_tune`)."""
+    import torch  # heavy (torch, transformers): loaded only when the scorer is trained or used
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    out = Path(out_dir) if out_dir is not None else default_dir()
+    texts, labels, described = training_rows(data_dir, seed, cap)
+    dev_go_texts, dev_go_labels = goemotions_rows("dev", None, seed)
+    dev_sev_texts, dev_sev_labels = sev_rows("dev", data_dir)
+    dev_texts, dev_labels = dev_go_texts + dev_sev_texts, dev_go_labels + dev_sev_labels
+    if max_rows is not None:
+        texts, labels = _every_kth(texts, labels, max_rows)
+        dev_texts, dev_labels = _every_kth(dev_texts, dev_labels, max_rows)
+    encoder_path = encoder_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=TRAIN_MAX_TOKENS)["input_ids"]]
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
+    class_weights = (len(labels) / (len(LABELS) * np.maximum(counts, 1.0))) ** CLASS_WEIGHT_POWER
+
+    with _training_threads(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # before the classifier layer is initialised: its weights come from it
+        model = BertForSequenceClassification.from_pretrained(
+            str(encoder_path),
+            num_labels=len(LABELS),
+            id2label=dict(enumerate(LABELS)),
+            label2id={label: i for i, label in enumerate(LABELS)},
+        ).float()
+        losses = _fine_tune(model, tokenizer, texts, labels, lengths, class_weights, seed, epochs, progress)
+        model.eval()
+        dev_logits = _logits(model, tokenizer, dev_texts)
+
+    dev_index = np.array([LABELS.index(label) for label in dev_labels])
+    temperature = _fit_temperature(dev_logits, dev_index)
+    with torch.no_grad():  # fold the temperature into the classifier: the plain softmax is the calibrated one
+        model.classifier.weight /= temperature
+        model.classifier.bias /= temperature
+    model.config.sev_bench = _training_record(
+        described, epochs, class_weights, seed, max_rows, losses, temperature, len(dev_texts)
+    )
     _save(model, tokenizer, out)
     return out
 
@@ -339,8 +374,6 @@ def _save(model, tokenizer, out: Path) -> None:
     """Write the HF dir file by file, each atomically. Old weights go first and new ones last, so a dir
     whose writing was cut off has no weights: it counts as not trained (and retrains) instead of loading
     old weights under a new config."""
-    import tempfile
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.safetensors").unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as staging:
@@ -376,7 +409,7 @@ class MiniLMEmotions(Scorer):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> MiniLMEmotions:
-        from transformers import AutoTokenizer, BertForSequenceClassification
+        from transformers import AutoTokenizer, BertForSequenceClassification  # heavy: loaded only when used
 
         model_dir = Path(model_dir)
         missing = [name for name in WEIGHT_FILES if not (model_dir / name).is_file()]
@@ -398,13 +431,12 @@ class MiniLMEmotions(Scorer):
         return cls(model_dir, model, tokenizer, metadata)
 
     def stale_reason(self) -> str | None:
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        return None if trained_with == installed else f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir=None, verbose: bool = True) -> MiniLMEmotions:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_dir(),
             lambda data_dir_, out: train(out, data_dir=data_dir_, progress=verbose),
             "fine-tuning it on GoEmotions and SEV (about 15 minutes on one CPU thread, once)",

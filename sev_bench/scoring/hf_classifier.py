@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import UserError
 from ..hashing import file_sha256
 from ..prompts import EMOTIONS
-from .base import SCORERS, Scorer, check_options
+from .base import SCORERS, Scorer
+from .options import check_options
 
 NAME = "hf-classifier"
 FORMAT = "sev_bench.hf-classifier/1"
@@ -145,7 +146,7 @@ def _model_dir(model: str) -> tuple[Path, str | None]:
     if path.exists() or model.startswith((".", "/", "~")):
         raise UserError(f"--scorer-model {model}: no such directory; expected a hub id or a local model dir")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # heavy: loaded only when the scorer is trained or used
 
         local = Path(snapshot_download(repo_id=model, allow_patterns=SNAPSHOT_PATTERNS))
     except Exception as exc:  # offline without a cached copy, unknown repo, gated repo, ...
@@ -181,7 +182,7 @@ class HFClassifier(Scorer):
         batch_size: int = BATCH_SIZE,
         max_length: int = MAX_LENGTH,
     ):
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
 
         self.model = model
         self.tokenizer = tokenizer
@@ -237,7 +238,7 @@ class HFClassifier(Scorer):
         model_labels = [str(config_labels[key]) for key in sorted(config_labels, key=int)]
         mapping, source = resolve_mapping(model_labels, model_id, options.get("label_map"))
 
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         device = str(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))

