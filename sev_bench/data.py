@@ -15,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 from .hashing import file_sha256
 from .paths import cache_dir
@@ -381,8 +382,6 @@ hit = max(classify(reply)[0], key=lambda s: s["score"])["label"] == target_emoti
 def export(dataset_dict, out_dir: Path, fingerprint: dict[str, str], scorer=None) -> None:
     """`save_to_disk` + parquet + a dataset card, so `out_dir` can go to `push_to_hub` as it is. With
     `scorer`, the card says how replies are scored and links the scorer exported beside it (`scorer/`)."""
-    from . import __version__
-
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_dict.save_to_disk(str(out_dir / "hf_dataset"))
     (out_dir / "data").mkdir(exist_ok=True)

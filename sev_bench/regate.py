@@ -22,6 +22,7 @@ from .errors import UserError
 from .fluency import aggregate_fluency, has_gate_perplexity, measure_samples, regate_samples
 from .fluency_calibration import gate_for
 from .metrics import fluent_accuracy
+from .models import load_model
 from .rescore import read_samples
 from .results import RunDir, load_results, summary_markdown
 
@@ -34,8 +35,6 @@ def regate_run(
     batch_size: int = 16,
 ) -> tuple[dict, Path]:
     """Regate the finished run in `run_dir` into `output_dir`; returns (results, output dir)."""
-    from .models import load_model
-
     run_dir, out = Path(run_dir), Path(output_dir)
     if not (run_dir / "results.json").is_file():
         raise UserError(f"{run_dir}: no results.json; regate works on finished runs")

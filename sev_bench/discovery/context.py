@@ -7,6 +7,7 @@ import sys
 
 from ..errors import UserError
 from ..models import load_model
+from ..prepare_context import PrepareContext
 from ..scoring import load_scorer
 
 
@@ -25,10 +26,6 @@ def command_context(
 ):
     """A `PrepareContext` (what a method's `prepare` gets) for a discovery run from the command line,
     logging to stderr."""
-    # Imported here, not at the top: sev_bench.methods' package imports the methods, which import
-    # discovery; loading it while a discovery module is half-initialised would re-enter that module.
-    from ..methods.base import PrepareContext
-
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     if threads is not None:

@@ -12,11 +12,11 @@ activations (interventions: only a backend with forward hooks runs it) or only o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import UserError
+from ..prepare_context import PrepareContext  # noqa: F401  (part of the method contract)
 from ..registry import Registry
 
 
@@ -78,19 +78,6 @@ class Param:
         if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
             raise UserError(f"parameter {name}={value!r}: expected {self.type.__name__}")
         return value
-
-
-@dataclass
-class PrepareContext:
-    """What `ControlMethod.prepare` may use to load or build its artifact for the loaded model."""
-
-    loaded: Any  # sev_bench.models.LoadedModel
-    scorer: Any  # the run's scorer (discovery may filter replies with it)
-    data_dir: str | None
-    dtype: str = "auto"
-    batch_size: int = 16
-    progress: bool = True
-    log: Callable[[str], None] = field(default=print)
 
 
 class ControlMethod:
