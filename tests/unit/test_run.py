@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from locations import FAST_PROMPTING, REPO
 
 from sev_bench.backends.hf import HFGenerator
 from sev_bench.errors import UserError
@@ -14,10 +15,9 @@ from sev_bench.prompts import EMOTIONS, VALENCES
 from sev_bench.results import SAMPLE_FIELDS, load_results
 from sev_bench.runner import RunRequest, run
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "sev_bench/schema/results.schema.json").read_text())
+SCHEMA = json.loads((REPO / "sev_bench/schema/results.schema.json").read_text())
 
 
-FAST_PROMPTING = Path(__file__).resolve().parent / "fast_prompting.yaml"
 
 
 def _request(tmp_path: Path, **changes) -> RunRequest:

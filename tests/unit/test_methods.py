@@ -6,9 +6,9 @@ import subprocess
 import sys
 import zipfile
 from importlib import metadata
-from pathlib import Path
 
 import pytest
+from locations import REPO
 
 from sev_bench.errors import UserError
 from sev_bench.methods import METHODS, ControlMethod, Param, resolve_method
@@ -19,7 +19,6 @@ SAMPLE = {
     "valence": "neutral",
     "target_emotion": "fear",
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_prompting_sends_the_papers_system_prompt_and_user_turn_exactly():

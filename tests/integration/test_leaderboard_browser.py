@@ -13,13 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from locations import REPO
 from synthetic_runs import make_samples, write_run
 
 from sev_bench.leaderboard import build
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 

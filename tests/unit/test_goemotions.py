@@ -8,7 +8,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import goemotions_dir
+from locations import goemotions_dir
 
 from sev_bench import goemotions
 from sev_bench.errors import UserError

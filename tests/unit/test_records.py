@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from locations import FAST_PROMPTING
+
 from sev_bench.cli import main
 from sev_bench.metrics import empty_replies, fluent_accuracy, grouped_accuracy, predicted_share
 from sev_bench.prompts import EMOTIONS
@@ -136,7 +138,7 @@ def test_an_incomplete_results_document_fails_the_schema():
 
 def test_a_tiny_model_run_through_the_cli_passes_the_schema(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["run", "--method", "tests/fast_prompting.yaml", "--limit", "6", "--batch-size", "3"]
+    argv = ["run", "--method", str(FAST_PROMPTING), "--limit", "6", "--batch-size", "3"]
     argv += ["--model", "tiny-random-qwen2", "--scorer", "test-keywords", "--no-progress", "--output-dir", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
+from locations import REPO
 
 evaluate = pytest.importorskip("evaluate", reason="evaluate is in the dev extra: pip install -e '.[dev]'")
 
-REPO = Path(__file__).resolve().parents[1]
 METRIC_DIR = REPO / "metrics" / "sev_accuracy"
 # Published runs: two with fluency records (two models, two sizes), one without (2,880 rows, rescored).
 RUNS = ["smollm2-135m/prompting-test720", "qwen2.5-coder-1.5b/circuit-test144", "smollm2-135m/none-test"]

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from locations import REPO
 from synthetic_runs import degraded_copy, make_samples, write_run
 
 from sev_bench.check import check
 from sev_bench.cli import main
 from sev_bench.prompts import VALENCES
 
-REPO = Path(__file__).resolve().parents[1]
 CI_BASELINE = REPO / "leaderboards" / "ci" / "prompting-smollm2"
 
 

@@ -21,10 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None,
-    reason="vLLM is not installed in this environment (this test runs in CI's .venv-vllm)",
-)
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vLLM is not installed in this environment (this test runs in CI's .venv-vllm)",
+    ),
+]
 
 SERVED_NAME = "smollm2-judge"
 SECRET = "sk-test-never-written-anywhere"

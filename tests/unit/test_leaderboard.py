@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from locations import FAST_PROMPTING, REPO
 from synthetic_runs import make_samples, make_spec, read_run, results_for, write_run
 
 from sev_bench.cli import main
@@ -27,8 +28,7 @@ from sev_bench.leaderboard import (
 )
 from sev_bench.results import summary_markdown
 
-REPO = Path(__file__).resolve().parents[1]
-FAST = str(REPO / "tests" / "fast_prompting.yaml")
+FAST = str(FAST_PROMPTING)
 
 
 def _board(root: Path) -> Path:

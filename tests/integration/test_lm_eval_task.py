@@ -8,9 +8,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from locations import REPO
 
 from sev_bench.backends.hf import GenerationConfig, HFGenerator, render_prompt
 from sev_bench.data import load_sev
@@ -21,7 +21,6 @@ from sev_bench.scoring import load_scorer
 
 pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra: pip install -e '.[dev]'")
 
-REPO = Path(__file__).resolve().parents[1]
 LIMIT = 2  # docs per valence sub-task
 SCORER = "minilm-probe"  # a registered scorer the lm_eval process can load (trained once into the cache)
 

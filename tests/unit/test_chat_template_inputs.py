@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from locations import FAST_PROMPTING, REPO
 
 from sev_bench import prompts
 from sev_bench.backends.hf import GenerationConfig, HFGenerator, render_prompt
@@ -24,8 +25,6 @@ from sev_bench.models import load_model
 from sev_bench.prompts import CHAT_TEMPLATE_KWARGS
 from sev_bench.results import RunDir
 from sev_bench.runner import _check_legacy_template, default_output_dir
-
-REPO = Path(__file__).resolve().parents[1]
 
 # The part of a Llama-3.x chat template that dates the prompt (the real one also falls back to strftime_now).
 LLAMA3_LIKE = (
@@ -94,7 +93,7 @@ def test_lm_eval_task_refuses_model_args_without_the_fixed_inputs():
 
 def test_a_run_records_the_inputs_in_its_spec_and_identity(tmp_path):
     out = tmp_path / "run"
-    argv = ["run", "--method", str(REPO / "tests" / "fast_prompting.yaml"), "--model", "tiny-random-qwen2"]
+    argv = ["run", "--method", str(FAST_PROMPTING), "--model", "tiny-random-qwen2"]
     argv += ["--scorer", "test-keywords", "--limit", "6", "--threads", "1", "--no-progress", "--output-dir", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())

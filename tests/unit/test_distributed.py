@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from locations import FAST_PROMPTING, RUN_WITH_TEST_SCORER
 from test_run import _request, _samples
 
 from sev_bench.distributed import Launch, detect_launch
 from sev_bench.errors import UserError
 from sev_bench.runner import run
 
-LAUNCHER = Path(__file__).resolve().parent / "run_with_test_scorer.py"
+LAUNCHER = RUN_WITH_TEST_SCORER
 SELECTION = {"emotions": ["anger", "fear"], "limit": 30}  # 5 skeletons: the hash splits them 4 / 1
 
 
@@ -30,7 +31,7 @@ def _torchrun(output_dir: Path, *extra: str, nproc: int = 2) -> subprocess.Compl
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(LAUNCHER), "run", "--method", str(Path(__file__).resolve().parent / "fast_prompting.yaml"),
+        str(LAUNCHER), "run", "--method", str(FAST_PROMPTING),
         "--model", "tiny-random-qwen2", "--emotions", "anger", "fear", "--limit", "30", "--batch-size", "4",
         "--scorer", "test-keywords", "--threads", "1", "--no-progress", "--output-dir", str(output_dir), *extra,
     ]  # fmt: skip

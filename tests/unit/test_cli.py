@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from locations import FAST_PROMPTING
 
 from sev_bench.cli import main
 
-FAST = "tests/fast_prompting.yaml"
+FAST = str(FAST_PROMPTING)
 TINY = ["--model", "tiny-random-qwen2", "--scorer", "test-keywords", "--no-progress"]
 
 

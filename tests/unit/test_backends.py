@@ -4,9 +4,9 @@ These run without vLLM; the vLLM engine itself is covered by tests/test_vllm_par
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from locations import FAST_PROMPTING
 
 import sev_bench.run_plan as run_plan
 import sev_bench.runner as runner
@@ -18,8 +18,6 @@ from sev_bench.cli import main
 from sev_bench.errors import UserError
 from sev_bench.methods import METHODS, available_configs, resolve_method
 from sev_bench.runner import RunRequest, run
-
-FAST_PROMPTING = Path(__file__).resolve().parent / "fast_prompting.yaml"
 
 
 def test_a_method_with_interventions_is_refused_on_vllm():

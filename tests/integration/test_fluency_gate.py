@@ -4,9 +4,9 @@ gate, and `sev-bench fluency regate` on a finished run made under the old, metho
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from locations import TEST_DATA
 
 from sev_bench import fluency_calibration
 from sev_bench.cli import main
@@ -98,7 +98,7 @@ def test_regate_measures_old_records_under_the_neutral_chat(tmp_path, capsys):
 
 # ---------------------------------------------------------------- real replies of both embedded models
 
-REAL_FILE = Path(__file__).parent / "data" / "fluency_replies.jsonl"
+REAL_FILE = TEST_DATA / "fluency_replies.jsonl"
 REAL = [json.loads(line) for line in REAL_FILE.read_text(encoding="utf-8").splitlines()]
 
 

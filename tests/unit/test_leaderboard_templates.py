@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+
+from locations import REPO
 
 from sev_bench.leaderboard import index_html, readme
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "sev_bench" / "leaderboard" / "templates"
 
 
