@@ -29,6 +29,10 @@ Positions are told apart by the KV cache: a forward call that starts with an emp
 `last_prompt` is each row's last non-padding prompt token (found from the attention mask, so left and
 right padding both work); `prompt` is every non-padding prompt token; `generated` is every new token.
 Generation must use the KV cache (the transformers default), otherwise every call looks like a prompt.
+A session can be entered around each forward call only (the HF backend's decoder does, so that nothing
+between its steps sees the hooks); its per-call state is rebuilt at every call. When the rows of the batch
+change between calls (finished rows leave, prefilled prompts join), `select_rows` says which rows of the
+per-row values ([n, k]) the next calls carry.
 """
 
 from __future__ import annotations

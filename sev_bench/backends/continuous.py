@@ -95,7 +95,13 @@ class ContinuousDecoder:
     """Greedy decoding of many prompts with at most `slots` rows per forward call (see the module doc)."""
 
     def __init__(
-        self, model, settings: DecodeSettings, slots: int, session=None, counts: Counter | None = None, refill_at=None
+        self,
+        model,
+        settings: DecodeSettings,
+        slots: int,
+        session=None,
+        counts: Counter | None = None,
+        refill_at: int | None = None,
     ):
         self.model = model
         self.settings = settings
@@ -134,7 +140,8 @@ class ContinuousDecoder:
                 row = batch.rows[i]
                 yield row, self._tokens.pop(row)[-self._new.pop(row) :]
             if ended:
-                batch = _keep(batch, [i for i in range(len(batch.rows)) if i not in set(ended)])
+                left = set(ended)
+                batch = _keep(batch, [i for i in range(len(batch.rows)) if i not in left])
 
     def _has_ended(self, row: int) -> bool:
         return self._new[row] >= self.settings.max_new_tokens or self._tokens[row][-1] in self.settings.eos_ids
@@ -188,7 +195,7 @@ class ContinuousDecoder:
             for i, row in enumerate(rows):  # on the row's own tokens: no padding, as when decoded alone
                 ids = torch.tensor([self._tokens[row]], dtype=torch.long, device=logits.device)
                 logits[i : i + 1] = self._processors(ids, logits[i : i + 1])
-        if self.settings.min_new_tokens:
+        if self.settings.min_new_tokens and self.settings.eos_ids:
             short = [i for i, row in enumerate(rows) if self._new[row] < self.settings.min_new_tokens]
             if short:
                 eos = torch.tensor(self.settings.eos_ids, device=logits.device)

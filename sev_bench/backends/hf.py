@@ -27,8 +27,8 @@ DEFAULT_MAX_NEW_TOKENS = 100  # the protocol's
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Decoding settings; greedy always. Extra keys (e.g. `repetition_penalty`, `min_new_tokens`,
-    `no_repeat_ngram_size`, which the paper's steering runs use) go to `model.generate` as they are."""
+    """Decoding settings; greedy always. Extra keys (`repetition_penalty`, `min_new_tokens`,
+    `no_repeat_ngram_size`, which the paper's steering runs use) act as in `model.generate`."""
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     extra: dict = field(default_factory=dict)
@@ -163,9 +163,8 @@ class HFGenerator:
         replies: list[str | None] = [None] * len(prompts)
         start = 0
         try:
+            self._decoding = self._open_decoding(prompts, order, interventions)
             while start < len(order):
-                if self._decoding is None:
-                    self._decoding = self._open_decoding(prompts, order[start:], interventions)
                 indices = order[start : start + self.batch_size]
                 try:
                     batch_prompts = [prompts[i] for i in indices]
@@ -175,8 +174,10 @@ class HFGenerator:
                         raise
                     self.batch_size = max(1, self.batch_size // 2)
                     print(f"out of memory; retrying with --batch-size {self.batch_size}", flush=True)
-                    self._decoding = None  # rows in flight start again, with fewer slots
+                    self._decoding = None
                     _free_cached_memory()
+                    # the rows in flight start again, with fewer slots
+                    self._decoding = self._open_decoding(prompts, order[start:], interventions)
                     continue
                 for i, reply in zip(indices, batch_replies):
                     replies[i] = reply
