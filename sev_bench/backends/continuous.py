@@ -113,7 +113,10 @@ class ContinuousDecoder:
         # "prefills" (calls over prompts), "decode_steps" (one new token per row), "decode_rows" (rows
         # carried by the decode steps, summed: each gives a kept token, as finished rows have left).
         self.counts = counts if counts is not None else Counter()
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in parameters
+        # transformers 5 renamed `past_key_values` to `cache` in forward(); take whichever this one has
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
         self._tokens: dict[int, list[int]] = {}  # per row: its prompt and reply so far
         self._new: dict[int, int] = {}  # per row: how many tokens it generated
         processors = []
@@ -179,14 +182,14 @@ class ContinuousDecoder:
 
     def _forward(self, rows: list[int], ids, mask, positions, cache) -> torch.Tensor:
         """The float32 logits of each row's last token (the copy `model.generate` takes)."""
-        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        extra = {self._cache_keyword: cache}
+        if self._logits_to_keep:
+            extra["logits_to_keep"] = 1
         session = self.session if self.session is not None else contextlib.nullcontext()
         if self.session is not None:
             self.session.select_rows(rows)
         with session:
-            output = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **extra
-            )
+            output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         return output.logits[:, -1].to(copy=True, dtype=torch.float32)
 
     def _choose(self, rows: list[int], logits: torch.Tensor) -> torch.Tensor:
