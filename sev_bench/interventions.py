@@ -29,6 +29,10 @@ Positions are told apart by the KV cache: a forward call that starts with an emp
 `last_prompt` is each row's last non-padding prompt token (found from the attention mask, so left and
 right padding both work); `prompt` is every non-padding prompt token; `generated` is every new token.
 Generation must use the KV cache (the transformers default), otherwise every call looks like a prompt.
+A session can be entered around each forward call only (the HF backend's decoder does, so that nothing
+between its steps sees the hooks); its per-call state is rebuilt at every call. When the rows of the batch
+change between calls (finished rows leave, prefilled prompts join), `select_rows` says which rows of the
+per-row values ([n, k]) the next calls carry.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class InterventionSpec:
     - `index`: for `attn_head` the head numbers, for `mlp_neuron` the neuron numbers, for the other sites
       optional channel numbers; None means every channel of the site.
     - `value`: `add` adds it, `scale` multiplies by it, `set` writes it, `ablate` ignores it (zeros).
-      A float, or a tensor of the selected channels' width ([k], or [batch, k] for one row each).
+      A float, or a tensor of the selected channels' width ([k], or [batch, k] for one row each; a loop
+      whose batch changes between forward calls says which rows a call carries: `HookSession.select_rows`).
     - `norm="rms"` multiplies an added value by each token's RMS over the whole site (the paper's
       steering: h <- h + alpha * RMS(h) * v).
     """
@@ -131,8 +136,15 @@ class HookSession:
         self.decode_calls = 0  # forward calls of the model that carried generated tokens
         self.tokens_changed: dict[tuple[str, int], int] = defaultdict(int)  # generated tokens hit, per site
         self._state = _CallState()
+        self._rows = None  # which rows of per-row values the coming forward calls carry (None: all, in order)
         self._handles: list = []
         self._validate()
+
+    def select_rows(self, rows) -> None:
+        """The coming forward calls carry these rows (indices into every per-row value, [n, k]), in this
+        order; None: all rows, in order. A generation loop whose batch changes between calls (finished
+        rows leave, waiting prompts join) calls it before each forward, so each row keeps its value."""
+        self._rows = None if rows is None else [int(row) for row in rows]
 
     # ----------------------------------------------------------- validation and registration
 
@@ -344,7 +356,7 @@ class HookSession:
                 if not isinstance(value, (int, float)):
                     value = value.to(device=current.device, dtype=current.dtype)
                     if value.dim() == 2:  # one value per row
-                        value = value[:, None, :]
+                        value = (value if self._rows is None else value[self._rows])[:, None, :]
                 if spec.op == "add":
                     if spec.norm == "rms":
                         rms = out.float().pow(2).mean(dim=-1, keepdim=True).sqrt().to(current.dtype)
