@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..interventions import HookSession
 from ..models import LoadedModel, load_model
 from ..prompts import CHAT_TEMPLATE_KWARGS
 from .base import Generator, GeneratorSettings
@@ -107,7 +108,6 @@ class HFGenerator(Generator):
         """A decoder for `prompts[i] for i in numbers`, in that order (`numbers` also index per-row
         intervention values); None where the model's generation config needs `model.generate`."""
         # continuous imports torch and transformers: loaded with the first batch, not at CLI start-up
-        from ..interventions import HookSession
         from .continuous import ContinuousDecoder, decode_settings
 
         tokenizer = self.loaded.tokenizer
@@ -124,8 +124,6 @@ class HFGenerator(Generator):
     def _generate_with_transformers(self, prompts: Sequence[str], interventions: Sequence = ()) -> list[str]:
         """`_generate_batch` through `model.generate`: for generation configs the decoder does not cover."""
         import torch
-
-        from ..interventions import HookSession
 
         tokenizer = self.loaded.tokenizer
         encoded = self.encode(prompts)
