@@ -17,7 +17,7 @@ too). The script checks that the replies are identical and ends with `speedup_ba
 Wall-clock times depend on the load of the machine (the 1-minute load average is recorded before and after).
 The forward-call counts do not: each decoded row-step of the batched path keeps its token, and
 `kept_row_step_share` says which share of the row-steps of each path produced a kept token.
-`--write` saves everything to benchmarks/results/generation.json.
+`--write [PATH]` saves everything to PATH (default benchmarks/results/generation.json).
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--passes", type=int, default=1, help="alternating passes over every path")
     parser.add_argument("--static", action="store_true", help="also time the backend before continuous batching")
     parser.add_argument("--quick", action="store_true", help="16 rows, 24 new tokens")
-    parser.add_argument("--write", action="store_true", help=f"save the results to {RESULTS.name}")
+    parser.add_argument(
+        "--write", nargs="?", const=str(RESULTS), metavar="PATH", help=f"save the results (default: {RESULTS.name})"
+    )
     parser.add_argument("--note", default="", help="a line saved with the results (e.g. the machine's load)")
     args = parser.parse_args()
     if args.quick:
@@ -204,9 +206,10 @@ def main() -> None:
             "speedup_batched_vs_sequential_per_pass": per_pass,
             **speedups,
         }
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {RESULTS.relative_to(RESULTS.parents[2])}")
+        out = Path(args.write)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
